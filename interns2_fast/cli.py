@@ -1,0 +1,89 @@
+"""The `interns2-fast` command: info | lower (and the commands later issues add)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _cmd_info(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from . import device, ops
+
+    info = device.describe()
+    if args.json:
+        info["ops"] = {op: list(ops.registered(op)) for op in ops.__all__ if op not in ("BACKENDS", "registered", "resolve")}
+        print(json.dumps(info, indent=2))
+        return 0
+    console = Console()
+    table = Table(title="interns2_fast environment")
+    table.add_column("key")
+    table.add_column("value")
+    for key, value in info.items():
+        table.add_row(key, str(value))
+    console.print(table)
+    ops_table = Table(title="ops and their registered backends (auto on CPU: torch, else reference)")
+    ops_table.add_column("op")
+    ops_table.add_column("backends")
+    for op in ops.__all__:
+        if op in ("BACKENDS", "registered", "resolve"):
+            continue
+        ops_table.add_row(op, ", ".join(ops.registered(op)))
+    console.print(ops_table)
+    return 0
+
+
+def _cmd_lower(args, configs=None) -> int:
+    from . import lowering
+
+    configs = lowering.collect(args.module) if configs is None else configs
+    if args.only:
+        configs = [c for c in configs if any(part in c.name for part in args.only)]
+    if not args.json:
+        print(f"lowering {len(configs)} configuration(s) for {args.target}", file=sys.stderr)
+
+    def progress(r):
+        if not args.json:
+            ub = f" (UB {r.ub_required_bits} / {r.ub_available_bits} bits)" if r.ub_required_bits else ""
+            detail = f": {r.error}" if r.error else ""
+            print(f"{r.status:8s} {r.name} [{r.seconds:.1f}s]{ub}{detail}")
+
+    results = lowering.lower_all(configs, args.target, progress=progress)
+    failed = [r for r in results if not r.ok]
+    if args.json:
+        print(json.dumps({"target": args.target, "results": [r.__dict__ for r in results],
+                          "failed": len(failed)}, indent=2))
+    else:
+        print(f"{len(results) - len(failed)} lowered, {len(failed)} failed")
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="interns2-fast", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("info", help="devices, Triton flavour, versions and the registered backends")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("lower", help="lower every kernel's production configuration for an Ascend chip")
+    p.add_argument("--target", default="Ascend910_9362")
+    p.add_argument("--json", action="store_true", help="print one JSON report")
+    p.add_argument("--only", nargs="*", help="only configurations whose name contains one of these")
+    p.add_argument("--module", action="append", help="collect LOWERING_CONFIGS from this module (repeatable; "
+                   "default: every interns2_fast.kernels module)")
+    return parser
+
+
+def main(argv=None, *, configs=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "info":
+        return _cmd_info(args)
+    if args.command == "lower":
+        return _cmd_lower(args, configs)
+    raise SystemExit(f"unknown command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Which device a tensor lives on, which Triton is installed, and how many programs to launch.
+
+Everything else asks this module instead of probing torch_npu / triton itself, so that the rules
+for "can the Triton backend run here?" live in one place.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import os
+from typing import Iterator
+
+import torch
+
+#: Programs a persistent grid gets under the Triton interpreter: small, but more than one, so
+#: that the task loops inside kernels are exercised by the CPU tests.
+INTERPRETER_PROGRAMS = 3
+
+
+def interpreting() -> bool:
+    """True when TRITON_INTERPRET=1: kernels run on the CPU through Triton's numpy interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=None)
+def triton_flavour() -> str | None:
+    """'ascend' for triton-ascend, 'nvidia' for upstream Triton, None when Triton is absent."""
+    if importlib.util.find_spec("triton") is None:
+        return None
+    if importlib.util.find_spec("triton.backends.ascend") is not None:
+        return "ascend"
+    return "nvidia"
+
+
+@functools.lru_cache(maxsize=None)
+def npu_available() -> bool:
+    if importlib.util.find_spec("torch_npu") is None:
+        return False
+    import torch_npu  # noqa: F401  (registers torch.npu)
+
+    return bool(torch.npu.is_available())
+
+
+def triton_usable(device: torch.device) -> bool:
+    """Can a Triton kernel be launched on tensors of this device?"""
+    flavour = triton_flavour()
+    if flavour is None:
+        return False
+    if interpreting():
+        return device.type == "cpu"
+    if device.type == "npu":
+        return flavour == "ascend"
+    if device.type == "cuda":
+        return flavour == "nvidia"
+    return False
+
+
+def auto_backends(device: torch.device) -> tuple[str, ...]:
+    """The order `backend="auto"` tries backends in, for tensors on `device`.
+
+    On the CPU the Triton interpreter is a correctness tool, not a fast path, so auto never
+    chooses it there; tests ask for backend="triton" explicitly.
+    """
+    if device.type != "cpu" and triton_usable(device):
+        return ("triton", "torch", "reference")
+    return ("torch", "reference")
+
+
+@functools.lru_cache(maxsize=None)
+def _core_counts(device_type: str, index: int) -> tuple[int, int]:
+    if device_type == "npu":
+        from triton.runtime import driver
+
+        props = driver.active.utils.get_device_properties(index)
+        return int(props["num_aicore"]), int(props["num_vectorcore"])
+    if device_type == "cuda":
+        sms = torch.cuda.get_device_properties(index).multi_processor_count
+        return sms, sms
+    return INTERPRETER_PROGRAMS, INTERPRETER_PROGRAMS
+
+
+def cube_cores(device: torch.device) -> int:
+    """Programs for a persistent grid of a kernel that uses tl.dot (AI cores on Ascend, SMs on CUDA)."""
+    return _core_counts(device.type, device.index or 0)[0]
+
+
+def vector_cores(device: torch.device) -> int:
+    """Programs for a persistent grid of a vector-only kernel (2 per AI core on Ascend A2/A3)."""
+    return _core_counts(device.type, device.index or 0)[1]
+
+
+def persistent_grid(device: torch.device, num_tasks: int, *, cube: bool) -> int:
+    """Grid size for a kernel with an in-kernel task loop: never more programs than tasks."""
+    cores = cube_cores(device) if cube else vector_cores(device)
+    return max(1, min(cores, num_tasks))
+
+
+@contextlib.contextmanager
+def device_guard(tensor: torch.Tensor) -> Iterator[None]:
+    """Make `tensor`'s device current while launching (device_map="auto" spreads layers over devices)."""
+    dev = tensor.device
+    if dev.type == "cuda":
+        with torch.cuda.device(dev):
+            yield
+    elif dev.type == "npu":
+        with torch.npu.device(dev):  # type: ignore[attr-defined]
+            yield
+    else:
+        yield
+
+
+def describe() -> dict:
+    """A summary for `interns2-fast info`."""
+    info = {
+        "torch": torch.__version__,
+        "triton_flavour": triton_flavour(),
+        "triton_interpreter": interpreting(),
+        "cuda_devices": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+        "npu_devices": torch.npu.device_count() if npu_available() else 0,  # type: ignore[attr-defined]
+    }
+    if triton_flavour() is not None:
+        import triton
+
+        info["triton"] = triton.__version__
+    try:
+        import transformers
+
+        info["transformers"] = transformers.__version__
+    except ImportError:
+        info["transformers"] = None
+    return info

@@ -1,0 +1,24 @@
+"""The public op API: one function per op, each with `backend="auto" | "triton" | "torch" | "reference"`.
+
+Every op module registers its backends with `_dispatch`; `auto` picks the best one available for
+the tensors' device (Triton on an NPU/GPU, else the PyTorch path).
+"""
+from ._dispatch import BACKENDS, registered, resolve
+from .conv1d import causal_conv1d_fn, causal_conv1d_update
+from .gdn import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule, gdn_gating
+from .moe import moe_experts, moe_route
+from .norm_gated import rms_norm_gated
+
+__all__ = [
+    "BACKENDS",
+    "registered",
+    "resolve",
+    "chunk_gated_delta_rule",
+    "fused_recurrent_gated_delta_rule",
+    "gdn_gating",
+    "causal_conv1d_fn",
+    "causal_conv1d_update",
+    "rms_norm_gated",
+    "moe_route",
+    "moe_experts",
+]

@@ -1,0 +1,84 @@
+"""Short depthwise causal conv1d (the causal-conv1d package's API), prefill and in-place update."""
+from __future__ import annotations
+
+import torch
+
+from .. import reference
+from ._dispatch import register, resolve
+from ._validate import check_same_device, check_tensor
+
+ACTIVATIONS = (None, "silu", "swish")
+
+
+def _check_activation(op, activation):
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{op}: activation must be one of {ACTIVATIONS}, got {activation!r}")
+
+
+def causal_conv1d_fn(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    seq_idx: torch.Tensor | None = None,
+    initial_states: torch.Tensor | None = None,
+    return_final_states: bool = False,
+    final_states_out: torch.Tensor | None = None,
+    activation: str | None = None,
+    *,
+    backend: str = "auto",
+):
+    """out[b, d, t] = act(bias[d] + sum_w weight[d, w] * x[b, d, t - (W-1) + w]), zeros (or
+    `initial_states` [B, D, W-1]) before t = 0. x [B, D, T] with any strides; weight [D, W].
+    Returns out [B, D, T] in x's dtype, and with `return_final_states` also the last W-1 inputs
+    [B, D, W-1] (written into `final_states_out` when given).
+    """
+    op = "causal_conv1d_fn"
+    check_tensor(op, "x", x, ndim=3)
+    B, D, _ = x.shape
+    check_tensor(op, "weight", weight, ndim=2, shape=(D, None))
+    W = weight.shape[1]
+    if bias is not None:
+        check_tensor(op, "bias", bias, shape=(D,))
+    if initial_states is not None:
+        check_tensor(op, "initial_states", initial_states, dtypes=(x.dtype,), shape=(B, D, W - 1))
+    if final_states_out is not None:
+        check_tensor(op, "final_states_out", final_states_out, dtypes=(x.dtype,), shape=(B, D, W - 1))
+    if seq_idx is not None:
+        check_tensor(op, "seq_idx", seq_idx, dtypes=(torch.int32, torch.int64), shape=(B, x.shape[2]))
+    _check_activation(op, activation)
+    check_same_device(op, x=x, weight=weight, bias=bias, initial_states=initial_states, seq_idx=seq_idx)
+    _, impl = resolve(op, backend, x.device)
+    return impl(
+        x, weight, bias, seq_idx=seq_idx, initial_states=initial_states, return_final_states=return_final_states,
+        final_states_out=final_states_out, activation=activation,
+    )
+
+
+def causal_conv1d_update(
+    x: torch.Tensor,
+    conv_state: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Decode step: x [B, D, T] (T small), conv_state [B, D, S] with S >= W-1, updated in place to
+    hold the last S inputs. Returns out [B, D, T] in x's dtype."""
+    op = "causal_conv1d_update"
+    check_tensor(op, "x", x, ndim=3)
+    B, D, _ = x.shape
+    check_tensor(op, "weight", weight, ndim=2, shape=(D, None))
+    check_tensor(op, "conv_state", conv_state, ndim=3, shape=(B, D, None))
+    if conv_state.shape[2] < weight.shape[1] - 1:
+        raise ValueError(f"{op}: conv_state must keep at least W-1 = {weight.shape[1] - 1} steps, got {conv_state.shape[2]}")
+    if bias is not None:
+        check_tensor(op, "bias", bias, shape=(D,))
+    _check_activation(op, activation)
+    check_same_device(op, x=x, conv_state=conv_state, weight=weight, bias=bias)
+    _, impl = resolve(op, backend, x.device)
+    return impl(x, conv_state, weight, bias, activation)
+
+
+register("causal_conv1d_fn", "reference")(reference.causal_conv1d_fn)
+register("causal_conv1d_update", "reference")(reference.causal_conv1d_update)

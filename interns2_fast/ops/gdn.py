@@ -1,0 +1,122 @@
+"""Gated DeltaNet ops: chunked prefill, recurrent decode, and the gating arithmetic.
+
+Per value head h with state S in R^{K x V} (fp32):
+    S <- exp(g_t) * S;   S <- S + k_t (beta_t (v_t - S^T k_t))^T;   o_t = S^T (scale * q_t)
+Value head h reads key head h // (Hv // Hk) (grouped value attention).
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import reference
+from ._dispatch import register, resolve
+from ._validate import FLOAT_DTYPES, check_same_device, check_tensor
+
+
+def _check_gdn(op, q, k, v, g, beta, initial_state, cu_seqlens):
+    check_tensor(op, "q", q, ndim=4)
+    B, T, Hk, K = q.shape
+    check_tensor(op, "k", k, ndim=4, dtypes=(q.dtype,), shape=(B, T, Hk, K))
+    check_tensor(op, "v", v, ndim=4, dtypes=(q.dtype,), shape=(B, T, None, None))
+    Hv, V = v.shape[2], v.shape[3]
+    if Hv % Hk != 0:
+        raise ValueError(f"{op}: value heads ({Hv}) must be a multiple of key heads ({Hk})")
+    check_tensor(op, "g", g, ndim=3, dtypes=FLOAT_DTYPES, shape=(B, T, Hv))
+    check_tensor(op, "beta", beta, ndim=3, dtypes=FLOAT_DTYPES, shape=(B, T, Hv))
+    N = B
+    if cu_seqlens is not None:
+        check_tensor(op, "cu_seqlens", cu_seqlens, ndim=1, dtypes=(torch.int64, torch.int32))
+        if B != 1:
+            raise ValueError(f"{op}: with cu_seqlens the batch size must be 1 (packed sequences), got {B}")
+        if cu_seqlens.numel() < 2:
+            raise ValueError(f"{op}: cu_seqlens must hold N+1 >= 2 offsets, got {cu_seqlens.numel()}")
+        N = cu_seqlens.numel() - 1
+    if initial_state is not None:
+        check_tensor(op, "initial_state", initial_state, ndim=4, dtypes=(torch.float32,), shape=(N, Hv, K, V))
+    check_same_device(op, q=q, k=k, v=v, g=g, beta=beta, initial_state=initial_state, cu_seqlens=cu_seqlens)
+
+
+def chunk_gated_delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    *,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    use_qk_l2norm_in_kernel: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Chunked (prefill) gated delta rule.
+
+    q, k [B,T,Hk,K]; v [B,T,Hv,V]; g (log decay), beta [B,T,Hv]; initial/final state [N,Hv,K,V]
+    fp32 (N = B, or the number of sequences in `cu_seqlens`). Returns (o [B,T,Hv,V] in q's
+    dtype, final state or None). `scale` defaults to K^-1/2.
+    """
+    op = "chunk_gated_delta_rule"
+    _check_gdn(op, q, k, v, g, beta, initial_state, cu_seqlens)
+    _, impl = resolve(op, backend, q.device)
+    return impl(
+        q, k, v, g, beta, scale=scale, initial_state=initial_state, output_final_state=output_final_state,
+        use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, cu_seqlens=cu_seqlens,
+    )
+
+
+def fused_recurrent_gated_delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    *,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    use_qk_l2norm_in_kernel: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
+    inplace_final_state: bool = False,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Token-by-token (decode) gated delta rule; same arguments as `chunk_gated_delta_rule`.
+
+    With `inplace_final_state=True` the `initial_state` tensor is updated in place and returned
+    as the final state (it must then be given, contiguous).
+    """
+    op = "fused_recurrent_gated_delta_rule"
+    _check_gdn(op, q, k, v, g, beta, initial_state, cu_seqlens)
+    if inplace_final_state and (initial_state is None or not initial_state.is_contiguous()):
+        raise ValueError(f"{op}: inplace_final_state=True needs a contiguous initial_state to update")
+    _, impl = resolve(op, backend, q.device)
+    return impl(
+        q, k, v, g, beta, scale=scale, initial_state=initial_state, output_final_state=output_final_state,
+        use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, cu_seqlens=cu_seqlens,
+        inplace_final_state=inplace_final_state,
+    )
+
+
+def gdn_gating(
+    A_log: torch.Tensor, a: torch.Tensor, dt_bias: torch.Tensor, b: torch.Tensor, *, backend: str = "auto"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """g = -exp(A_log) * softplus(a + dt_bias) in fp32, beta = sigmoid(b) in b's dtype.
+
+    A_log, dt_bias [Hv]; a, b [..., Hv]. Returns g and beta shaped like a and b.
+    """
+    op = "gdn_gating"
+    check_tensor(op, "A_log", A_log, ndim=1)
+    Hv = A_log.shape[0]
+    check_tensor(op, "dt_bias", dt_bias, shape=(Hv,))
+    check_tensor(op, "a", a)
+    check_tensor(op, "b", b, shape=tuple(a.shape))
+    if a.dim() < 1 or a.shape[-1] != Hv:
+        raise ValueError(f"{op}: a and b must end in the head axis of size {Hv}, got {list(a.shape)}")
+    check_same_device(op, A_log=A_log, a=a, dt_bias=dt_bias, b=b)
+    _, impl = resolve(op, backend, a.device)
+    return impl(A_log, a, dt_bias, b)
+
+
+register("chunk_gated_delta_rule", "reference")(reference.chunk_gated_delta_rule)
+register("fused_recurrent_gated_delta_rule", "reference")(reference.fused_recurrent_gated_delta_rule)
+register("gdn_gating", "reference")(reference.gdn_gating)

@@ -1,0 +1,218 @@
+"""The reference semantics of every op: the transformers fallback of the installed version.
+
+Where the installed transformers has the fallback as a function or module method, it is called
+(found by name in `transformers.models.qwen3_5_moe.modeling_qwen3_5_moe`, by feature, never by
+version number). Where the fallback is inline code inside a module's forward (the gating
+arithmetic, the 5.2 prefill conv), it is written out here line for line; tests prove these equal
+to the full transformers layer.
+
+Conventions the other backends share (so that they are comparable):
+  * GDN: q, k with Hk heads, v with Hv heads (Hv % Hk == 0); value head h reads key head
+    h // (Hv // Hk) (what `repeat_interleave` on the head axis means).
+  * moe_route returns the raw router logits [T, E] (in the hidden dtype) in its first slot,
+    whatever the installed router returns there; top-k weights are fp32.
+"""
+from __future__ import annotations
+
+import functools
+import types
+
+import torch
+import torch.nn.functional as F
+
+
+@functools.lru_cache(maxsize=None)
+def fallback_module() -> types.ModuleType:
+    """transformers' qwen3_5_moe modeling module: the home of the fallbacks this project replaces."""
+    from transformers.models.qwen3_5_moe import modeling_qwen3_5_moe
+
+    return modeling_qwen3_5_moe
+
+
+def _fallback(*names: str):
+    """The first of `names` that the installed modeling module defines as a callable."""
+    mod = fallback_module()
+    for name in names:
+        fn = getattr(mod, name, None)
+        if callable(fn):
+            return fn
+    return None
+
+
+def _repeat_kv_heads(q: torch.Tensor, k: torch.Tensor, num_v_heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    groups = num_v_heads // q.shape[2]
+    if groups == 1:
+        return q, k
+    return q.repeat_interleave(groups, dim=2), k.repeat_interleave(groups, dim=2)
+
+
+def _per_sequence(fn, q, k, v, g, beta, initial_state, cu_seqlens, **kw):
+    """Run `fn` on each packed sequence of a cu_seqlens batch (the fallbacks do not take cu_seqlens)."""
+    outs, states = [], []
+    bounds = cu_seqlens.tolist()
+    for n, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
+        h0 = None if initial_state is None else initial_state[n : n + 1]
+        o, s = fn(q[:, start:end], k[:, start:end], v[:, start:end], g[:, start:end], beta[:, start:end], h0, **kw)
+        outs.append(o)
+        states.append(s)
+    o = torch.cat(outs, dim=1)
+    s = torch.cat(states, dim=0) if states and states[0] is not None else None
+    return o, s
+
+
+def _gdn_call(fallback, q, k, v, g, beta, initial_state, *, scale, output_final_state, use_qk_l2norm_in_kernel):
+    head_dim, out_dtype = q.shape[-1], q.dtype
+    if scale is not None and scale != head_dim**-0.5:
+        # The fallback always scales q by K^-1/2: normalise here (the fallback's l2norm formula) and
+        # fold the requested scale into q, so that the fallback's own scaling lands on `scale`.
+        if use_qk_l2norm_in_kernel:
+            q, k = (x.float() * torch.rsqrt((x.float() ** 2).sum(-1, keepdim=True) + 1e-6) for x in (q, k))
+            use_qk_l2norm_in_kernel = False
+        q = q.float() * (scale * head_dim**0.5)
+    q, k = _repeat_kv_heads(q, k, v.shape[2])
+    o, s = fallback(
+        q,
+        k,
+        v,
+        g=g,
+        beta=beta,
+        initial_state=initial_state,
+        output_final_state=output_final_state,
+        use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
+    )
+    return o.to(out_dtype), s
+
+
+def chunk_gated_delta_rule(
+    q, k, v, g, beta, *, scale=None, initial_state=None, output_final_state=False,
+    use_qk_l2norm_in_kernel=False, cu_seqlens=None,
+):
+    fallback = _fallback("torch_chunk_gated_delta_rule")
+    call = functools.partial(
+        _gdn_call, fallback, scale=scale, output_final_state=output_final_state,
+        use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
+    )
+    if cu_seqlens is not None:
+        return _per_sequence(call, q, k, v, g, beta, initial_state, cu_seqlens)
+    return call(q, k, v, g, beta, initial_state)
+
+
+def fused_recurrent_gated_delta_rule(
+    q, k, v, g, beta, *, scale=None, initial_state=None, output_final_state=False,
+    use_qk_l2norm_in_kernel=False, cu_seqlens=None, inplace_final_state=False,
+):
+    fallback = _fallback("torch_recurrent_gated_delta_rule")
+    call = functools.partial(
+        _gdn_call, fallback, scale=scale, output_final_state=output_final_state or inplace_final_state,
+        use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
+    )
+    if cu_seqlens is not None:
+        o, s = _per_sequence(call, q, k, v, g, beta, initial_state, cu_seqlens)
+    else:
+        o, s = call(q, k, v, g, beta, initial_state)
+    if inplace_final_state and initial_state is not None:
+        initial_state.copy_(s)
+        s = initial_state
+    return o, (s if (output_final_state or inplace_final_state) else None)
+
+
+def gdn_gating(A_log, a, dt_bias, b):
+    """Inline in every version's GatedDeltaNet.forward: g in fp32, beta in b's dtype."""
+    beta = b.sigmoid()
+    g = -A_log.float().exp() * F.softplus(a.float() + dt_bias)
+    return g, beta
+
+
+def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, return_final_states=False,
+                     final_states_out=None, activation=None):
+    """Depthwise causal conv over [B, D, T]; the fallback's rounding (conv in weight's dtype)."""
+    if seq_idx is not None:
+        raise NotImplementedError("causal_conv1d_fn[reference]: seq_idx is not supported by the transformers fallback")
+    if activation not in (None, "silu", "swish"):
+        raise ValueError(f"causal_conv1d_fn: activation must be None, 'silu' or 'swish', got {activation!r}")
+    batch, dim, seqlen = x.shape
+    width = weight.shape[-1]
+    x_w = x.to(weight.dtype)
+    if initial_states is not None:
+        x_w = torch.cat([initial_states.to(weight.dtype), x_w], dim=-1)
+        out = F.conv1d(x_w, weight.unsqueeze(1), bias, padding=0, groups=dim)[..., -seqlen:]
+    else:
+        # transformers 5.2 inlines `F.silu(self.conv1d(x)[..., :seq_len])` with padding = W - 1;
+        # later versions have the same computation as a function.
+        out = F.conv1d(x_w, weight.unsqueeze(1), bias, padding=width - 1, groups=dim)[..., :seqlen]
+    if activation is not None:
+        out = F.silu(out)
+    out = out.to(x.dtype)
+    if not return_final_states:
+        return out
+    full = x if initial_states is None else torch.cat([initial_states.to(x.dtype), x], dim=-1)
+    tail = F.pad(full, (max(width - 1 - full.shape[-1], 0), 0))[..., -(width - 1):]
+    if final_states_out is not None:
+        final_states_out.copy_(tail)
+        tail = final_states_out
+    return out, tail.to(x.dtype)
+
+
+def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
+    """The installed fallback when it honours `activation` (5.2's always applies SiLU)."""
+    fallback = _fallback("causal_conv1d_update", "torch_causal_conv1d_update")
+    if fallback is not None and (activation in ("silu", "swish") or getattr(fallback, "__name__", "") == "causal_conv1d_update"):
+        return fallback(x, conv_state, weight, bias, activation)
+    # Same arithmetic as the fallback, without the activation.
+    seqlen = x.shape[-1]
+    state_len = conv_state.shape[-1]
+    full = torch.cat([conv_state, x], dim=-1).to(weight.dtype)
+    conv_state.copy_(full[:, :, -state_len:])
+    out = F.conv1d(full, weight.unsqueeze(1), bias, padding=0, groups=x.shape[1])[:, :, -seqlen:]
+    if activation is not None:
+        out = F.silu(out)
+    return out.to(x.dtype)
+
+
+def _stand_in(cls: type, **attrs) -> torch.nn.Module:
+    """An instance of a transformers module class holding our tensors, without running its __init__."""
+    obj = cls.__new__(cls)
+    torch.nn.Module.__init__(obj)
+    for name, value in attrs.items():
+        object.__setattr__(obj, name, value) if isinstance(value, torch.Tensor) else setattr(obj, name, value)
+    return obj
+
+
+def rms_norm_gated(x, gate, weight, eps=1e-6):
+    cls = fallback_module().Qwen3_5MoeRMSNormGated
+    norm = _stand_in(cls, weight=weight, variance_epsilon=eps, activation="silu")
+    return cls.forward(norm, x, gate)
+
+
+def moe_route(hidden, weight, top_k, *, renormalize=True):
+    """Logits, fp32 top-k weights and ids, from the installed router's forward."""
+    hidden = hidden.reshape(-1, hidden.shape[-1])
+    logits = F.linear(hidden, weight)
+    if not renormalize:
+        probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
+        top_w, top_i = torch.topk(probs, top_k, dim=-1)
+        return logits, top_w, top_i
+    cls = fallback_module().Qwen3_5MoeTopKRouter
+    router = _stand_in(cls, weight=weight, top_k=top_k, num_experts=weight.shape[0], hidden_dim=weight.shape[1])
+    _, scores, ids = cls.forward(router, hidden)
+    return logits, scores.float(), ids
+
+
+def moe_experts(hidden, topk_ids, topk_weights, gate_up_proj, down_proj):
+    """The eager expert loop of the installed `Qwen3_5MoeExperts` (the undecorated forward)."""
+    from transformers.activations import ACT2FN
+
+    cls = fallback_module().Qwen3_5MoeExperts
+    forward = getattr(cls.forward, "__wrapped__", cls.forward)
+    experts = _stand_in(
+        cls,
+        gate_up_proj=gate_up_proj,
+        down_proj=down_proj,
+        num_experts=gate_up_proj.shape[0],
+        hidden_dim=gate_up_proj.shape[2],
+        intermediate_dim=down_proj.shape[2],
+        act_fn=ACT2FN["silu"],
+        has_bias=False,
+        is_transposed=False,
+    )
+    return forward(experts, hidden, topk_ids, topk_weights)
