@@ -6,7 +6,7 @@ the tensors' device (Triton on an NPU/GPU, else the PyTorch path).
 from ._dispatch import BACKENDS, registered, resolve
 from .conv1d import causal_conv1d_fn, causal_conv1d_update
 from .gdn import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule, gdn_gating
-from .moe import moe_experts, moe_route
+from .moe import RoutingPlan, moe_align, moe_align_max_rows, moe_experts, moe_route
 from .norm_gated import rms_norm_gated
 
 __all__ = [
@@ -21,4 +21,7 @@ __all__ = [
     "rms_norm_gated",
     "moe_route",
     "moe_experts",
+    "moe_align",
+    "moe_align_max_rows",
+    "RoutingPlan",
 ]
