@@ -1,0 +1,227 @@
+"""Model builders for the demo, tests and benchmarks: random weights, fixed seeds, no downloads.
+
+* `intern_s2_text_config()` — the full Intern-S2-Preview text model (BRIEF §2; transformers'
+  Qwen3_5MoeTextConfig defaults reproduce it).
+* `default_config()` — the built-in default: a scaled-down Intern-S2 (same layer pattern, GVA
+  ratio, top-8 routing) that runs on 2 CPU cores in seconds.
+* `tiny_config(family)` / `build_causal_lm(family)` — tiny models of each supported family.
+* `intern_s2_remote_code_dir()` — an Intern-S2-Preview remote-code stand-in: the installed
+  transformers' qwen3_5_moe modeling code renamed to `InternS2Preview*`, written as a model folder
+  with `auto_map`, loaded through `trust_remote_code=True` exactly like the real checkpoint.
+* `build_full_width_stack()` — N full-width Intern-S2 layers (default 4: three linear-attention,
+  one full-attention) with a small vocabulary, for end-to-end benchmarks.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+import tempfile
+
+import torch
+
+FAMILIES = ("qwen3_5_moe", "qwen3_next", "qwen3_5", "interns2_remote")
+
+
+def _layer_types(num_layers: int, full_attention_interval: int = 4) -> list[str]:
+    return ["full_attention" if i % full_attention_interval == full_attention_interval - 1 else "linear_attention"
+            for i in range(num_layers)]
+
+
+def intern_s2_text_config(num_layers: int = 40, **overrides):
+    """The full-size Intern-S2-Preview text config (optionally fewer layers / other overrides)."""
+    from transformers import Qwen3_5MoeTextConfig
+
+    kwargs = dict(num_hidden_layers=num_layers, layer_types=_layer_types(num_layers))
+    kwargs.update(overrides)
+    return Qwen3_5MoeTextConfig(**kwargs)
+
+
+def _scaled_down_kwargs(num_layers: int) -> dict:
+    # Every ratio that matters to the kernels is kept: GVA 2:1, conv kernel 4, top-8 routing with a
+    # shared expert, 1 full-attention layer in 4, partial rotary; widths are shrunk.
+    return dict(
+        vocab_size=512,
+        hidden_size=128,
+        num_hidden_layers=num_layers,
+        layer_types=_layer_types(num_layers),
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+        linear_key_head_dim=32,
+        linear_value_head_dim=32,
+        linear_conv_kernel_dim=4,
+        num_experts=16,
+        num_experts_per_tok=8,
+        moe_intermediate_size=64,
+        shared_expert_intermediate_size=64,
+        max_position_embeddings=4096,
+        initializer_range=0.05,
+    )
+
+
+def default_config(num_layers: int = 4):
+    """The built-in default model: a scaled-down Intern-S2 (Qwen3_5MoeTextConfig)."""
+    from transformers import Qwen3_5MoeTextConfig
+
+    return Qwen3_5MoeTextConfig(**_scaled_down_kwargs(num_layers))
+
+
+def tiny_config(family: str = "qwen3_5_moe", num_layers: int = 4):
+    """A tiny config of `family` (one of FAMILIES); all share the scaled-down widths."""
+    kw = _scaled_down_kwargs(num_layers)
+    if family in ("qwen3_5_moe", "interns2_remote"):
+        from transformers import Qwen3_5MoeTextConfig
+
+        return Qwen3_5MoeTextConfig(**kw)
+    if family == "qwen3_next":
+        from transformers import Qwen3NextConfig
+
+        kw.update(intermediate_size=64, decoder_sparse_step=1, mlp_only_layers=[], norm_topk_prob=True)
+        kw.pop("layer_types")
+        cfg = Qwen3NextConfig(**kw)
+        cfg.layer_types = _layer_types(num_layers)
+        return cfg
+    if family == "qwen3_5":
+        from transformers import Qwen3_5TextConfig
+
+        for key in ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "shared_expert_intermediate_size"):
+            kw.pop(key)
+        kw.update(intermediate_size=128)
+        return Qwen3_5TextConfig(**kw)
+    raise ValueError(f"unknown model family {family!r}; expected one of {FAMILIES}")
+
+
+@torch.no_grad()
+def condition_weights(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Make random weights well conditioned: routers and norms are not left at zero/one, so a
+    kernel that ignores a norm weight or routes wrongly changes the output."""
+    gen = torch.Generator().manual_seed(seed)
+    for name, param in model.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        is_norm = "norm" in name and leaf == "weight" and param.dim() == 1
+        if is_norm:
+            param.add_((0.1 * torch.randn(param.shape, generator=gen)).to(param.dtype))
+        elif name.endswith("gate.weight") and param.dim() == 2:  # MoE router [E, H]
+            param.copy_((torch.randn(param.shape, generator=gen) * param.shape[1] ** -0.5).to(param.dtype))
+    return model
+
+
+def _causal_lm_class(family: str):
+    import transformers
+
+    return {
+        "qwen3_5_moe": transformers.Qwen3_5MoeForCausalLM,
+        "qwen3_next": transformers.Qwen3NextForCausalLM,
+        "qwen3_5": transformers.Qwen3_5ForCausalLM,
+    }[family]
+
+
+def build_causal_lm(family: str = "qwen3_5_moe", config=None, *, seed: int = 0, dtype=torch.float32,
+                    device="cpu", attn_implementation: str = "eager"):
+    """A random-weight causal LM of `family` in eval mode (the remote-code family loads through
+    `trust_remote_code` from a folder written by `intern_s2_remote_code_dir`)."""
+    if family == "interns2_remote":
+        from transformers import AutoModelForCausalLM
+
+        path = intern_s2_remote_code_dir(config=config, seed=seed)
+        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype=dtype,
+                                                     attn_implementation=attn_implementation)
+        return model.to(device).eval()
+    config = config if config is not None else tiny_config(family)
+    config._attn_implementation = attn_implementation
+    torch.manual_seed(seed)
+    model = _causal_lm_class(family)(config)
+    condition_weights(model, seed)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def build_full_width_stack(num_layers: int = 4, *, vocab_size: int = 1024, seed: int = 0, dtype=torch.float32,
+                           device="cpu"):
+    """N full-width Intern-S2 layers (BRIEF §2 shapes) with a small vocabulary, random weights."""
+    config = intern_s2_text_config(num_layers, vocab_size=vocab_size)
+    return build_causal_lm("qwen3_5_moe", config, seed=seed, dtype=dtype, device=device)
+
+
+def build_full_width_layer(layer_type: str = "linear_attention", *, seed: int = 0, dtype=torch.float32,
+                           device="cpu"):
+    """One full-width Intern-S2 decoder layer (linear or full attention, plus the 256-expert MoE)."""
+    from transformers.models.qwen3_5_moe.modeling_qwen3_5_moe import Qwen3_5MoeDecoderLayer
+
+    config = intern_s2_text_config(4)
+    config._attn_implementation = "eager"
+    layer_idx = 0 if layer_type == "linear_attention" else 3
+    torch.manual_seed(seed)
+    layer = Qwen3_5MoeDecoderLayer(config, layer_idx)
+    with torch.no_grad():
+        for name, param in layer.named_parameters():
+            if name.endswith(("gate_up_proj", "down_proj")) and param.dim() == 3:
+                param.normal_(0.0, config.initializer_range)
+            elif name == "mlp.gate.weight":
+                param.normal_(0.0, config.hidden_size ** -0.5)
+    condition_weights(layer, seed)
+    return layer.to(device=device, dtype=dtype).eval()
+
+
+# --- Intern-S2-Preview remote-code stand-in -----------------------------------------------------
+
+REMOTE_MODEL_TYPE = "interns2_preview"
+
+
+def _renamed_source(module) -> str:
+    """The installed module's source with Qwen3_5Moe -> InternS2Preview and relative imports made absolute."""
+    import inspect
+
+    src = inspect.getsource(module)
+    src = src.replace("Qwen3_5Moe", "InternS2Preview").replace("qwen3_5_moe", REMOTE_MODEL_TYPE)
+    src = src.replace("QWEN3_5_MOE", "INTERNS2_PREVIEW")
+    src = re.sub(r"from \.configuration_interns2_preview import", "from .configuration_interns2_preview import", src)
+    src = re.sub(r"^from \.\.\.(\S*) import", lambda m: f"from transformers.{m.group(1)} import" if m.group(1)
+                 else "from transformers import", src, flags=re.M)
+    src = re.sub(r"^from \.\.(\S+) import", r"from transformers.models.\1 import", src, flags=re.M)
+    return src
+
+
+def intern_s2_remote_code_dir(path=None, config=None, *, seed: int = 0) -> pathlib.Path:
+    """Write a model folder that loads like Intern-S2-Preview (`trust_remote_code=True`): renamed
+    copies of the installed qwen3_5_moe configuration/modeling modules, `auto_map`, random weights."""
+    from transformers.models.qwen3_5_moe import configuration_qwen3_5_moe, modeling_qwen3_5_moe
+
+    path = pathlib.Path(path or tempfile.mkdtemp(prefix="interns2_remote_"))
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "configuration_interns2_preview.py").write_text(_renamed_source(configuration_qwen3_5_moe))
+    (path / "modeling_interns2_preview.py").write_text(_renamed_source(modeling_qwen3_5_moe))
+
+    import importlib.util
+    import sys
+
+    # Build the weights with the renamed classes themselves, so the checkpoint's names match.
+    name = f"_interns2_stand_in_{abs(hash(str(path)))}"
+    pkg_spec = importlib.util.spec_from_loader(name, loader=None, is_package=True)
+    pkg = importlib.util.module_from_spec(pkg_spec)
+    pkg.__path__ = [str(path)]
+    sys.modules[name] = pkg
+    try:
+        cfg_mod = importlib.import_module(f"{name}.configuration_interns2_preview")
+        mdl_mod = importlib.import_module(f"{name}.modeling_interns2_preview")
+        base = config if config is not None else tiny_config("interns2_remote")
+        cfg = cfg_mod.InternS2PreviewTextConfig(**{k: v for k, v in base.to_dict().items()
+                                                   if k not in ("model_type", "transformers_version", "architectures")})
+        cfg.auto_map = {
+            "AutoConfig": "configuration_interns2_preview.InternS2PreviewTextConfig",
+            "AutoModelForCausalLM": "modeling_interns2_preview.InternS2PreviewForCausalLM",
+        }
+        cfg._attn_implementation = "eager"
+        torch.manual_seed(seed)
+        model = mdl_mod.InternS2PreviewForCausalLM(cfg)
+        condition_weights(model, seed)
+        model.save_pretrained(path)
+    finally:
+        for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+            del sys.modules[key]
+    config_json = json.loads((path / "config.json").read_text())
+    config_json["auto_map"] = cfg.auto_map
+    (path / "config.json").write_text(json.dumps(config_json, indent=2))
+    return path
