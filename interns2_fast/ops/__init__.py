@@ -5,7 +5,12 @@ the tensors' device (Triton on an NPU/GPU, else the PyTorch path).
 """
 from ._dispatch import BACKENDS, registered, resolve
 from .conv1d import causal_conv1d_fn, causal_conv1d_update
-from .gdn import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule, gdn_gating
+from .gdn import (
+    chunk_gated_delta_rule,
+    fused_recurrent_gated_delta_rule,
+    fused_recurrent_gated_delta_rule_with_gating,
+    gdn_gating,
+)
 from .moe import RoutingPlan, moe_align, moe_align_max_rows, moe_experts, moe_route
 from .norm_gated import rms_norm_gated
 
@@ -15,6 +20,7 @@ __all__ = [
     "resolve",
     "chunk_gated_delta_rule",
     "fused_recurrent_gated_delta_rule",
+    "fused_recurrent_gated_delta_rule_with_gating",
     "gdn_gating",
     "causal_conv1d_fn",
     "causal_conv1d_update",

@@ -98,13 +98,29 @@ def fused_recurrent_gated_delta_rule(
 
 
 def gdn_gating(
-    A_log: torch.Tensor, a: torch.Tensor, dt_bias: torch.Tensor, b: torch.Tensor, *, backend: str = "auto"
+    A_log: torch.Tensor,
+    a: torch.Tensor,
+    dt_bias: torch.Tensor,
+    b: torch.Tensor,
+    *,
+    head_major: bool = False,
+    backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """g = -exp(A_log) * softplus(a + dt_bias) in fp32, beta = sigmoid(b) in b's dtype.
 
-    A_log, dt_bias [Hv]; a, b [..., Hv]. Returns g and beta shaped like a and b.
+    A_log, dt_bias [Hv]; a, b [..., Hv]. Returns g and beta shaped like a and b; with
+    `head_major=True` (a, b exactly [B, T, Hv]) they come back as [B, Hv, T] contiguous, stride 1
+    along T (the layout the chunked kernels read gates in).
     """
     op = "gdn_gating"
+    _check_gating(op, A_log, a, dt_bias, b)
+    if head_major and a.dim() != 3:
+        raise ValueError(f"{op}: head_major=True needs a and b of shape [B, T, Hv], got {list(a.shape)}")
+    _, impl = resolve(op, backend, a.device)
+    return impl(A_log, a, dt_bias, b, head_major=head_major)
+
+
+def _check_gating(op, A_log, a, dt_bias, b):
     check_tensor(op, "A_log", A_log, ndim=1)
     Hv = A_log.shape[0]
     check_tensor(op, "dt_bias", dt_bias, shape=(Hv,))
@@ -113,10 +129,109 @@ def gdn_gating(
     if a.dim() < 1 or a.shape[-1] != Hv:
         raise ValueError(f"{op}: a and b must end in the head axis of size {Hv}, got {list(a.shape)}")
     check_same_device(op, A_log=A_log, a=a, dt_bias=dt_bias, b=b)
-    _, impl = resolve(op, backend, a.device)
-    return impl(A_log, a, dt_bias, b)
+
+
+def fused_recurrent_gated_delta_rule_with_gating(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    A_log: torch.Tensor,
+    dt_bias: torch.Tensor,
+    *,
+    scale: float | None = None,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    use_qk_l2norm_in_kernel: bool = False,
+    inplace_final_state: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`gdn_gating` then `fused_recurrent_gated_delta_rule`, in one call (one kernel on Triton).
+
+    a, b [B,T,Hv] are the raw gate projections; A_log, dt_bias [Hv]. g = -exp(A_log) *
+    softplus(a + dt_bias) in fp32 and beta = sigmoid(b) rounded to b's dtype, exactly as the two
+    ops in turn; the other arguments and the result are those of fused_recurrent_gated_delta_rule.
+    """
+    op = "fused_recurrent_gated_delta_rule_with_gating"
+    check_tensor(op, "q", q, ndim=4)
+    B, T = q.shape[:2]
+    check_tensor(op, "v", v, ndim=4)
+    check_tensor(op, "a", a, ndim=3, shape=(B, T, v.shape[2]))
+    _check_gating(op, A_log, a, dt_bias, b)
+    # g / beta stand-ins with the right shapes, for the shared q/k/v/state checks.
+    _check_gdn(op, q, k, v, a, b, initial_state, cu_seqlens)
+    check_same_device(op, q=q, a=a, A_log=A_log)
+    if inplace_final_state and (initial_state is None or not initial_state.is_contiguous()):
+        raise ValueError(f"{op}: inplace_final_state=True needs a contiguous initial_state to update")
+    _, impl = resolve(op, backend, q.device)
+    return impl(
+        q, k, v, a, b, A_log, dt_bias, scale=scale, initial_state=initial_state,
+        output_final_state=output_final_state, use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
+        inplace_final_state=inplace_final_state, cu_seqlens=cu_seqlens,
+    )
 
 
 register("chunk_gated_delta_rule", "reference")(reference.chunk_gated_delta_rule)
+
+
 register("fused_recurrent_gated_delta_rule", "reference")(reference.fused_recurrent_gated_delta_rule)
-register("gdn_gating", "reference")(reference.gdn_gating)
+
+
+@register("gdn_gating", "reference")
+def _gdn_gating_reference(A_log, a, dt_bias, b, *, head_major=False):
+    g, beta = reference.gdn_gating(A_log, a, dt_bias, b)
+    if head_major:
+        g, beta = g.transpose(1, 2).contiguous(), beta.transpose(1, 2).contiguous()
+    return g, beta
+
+
+@register("fused_recurrent_gated_delta_rule_with_gating", "reference")
+def _recurrent_with_gating_reference(q, k, v, a, b, A_log, dt_bias, **kw):
+    g, beta = reference.gdn_gating(A_log, a, dt_bias, b)
+    return reference.fused_recurrent_gated_delta_rule(q, k, v, g, beta, **kw)
+
+
+# --- recurrent decode and gating: PyTorch and Triton backends -------------------------------------
+
+@register("fused_recurrent_gated_delta_rule", "torch")
+def _recurrent_torch(*args, **kw):
+    from ..torch_impl import gdn_recurrent
+
+    return gdn_recurrent.fused_recurrent_gated_delta_rule(*args, **kw)
+
+
+@register("fused_recurrent_gated_delta_rule", "triton")
+def _recurrent_triton(*args, **kw):
+    from ..kernels import gdn_recurrent
+
+    return gdn_recurrent.fused_recurrent_gated_delta_rule(*args, **kw)
+
+
+@register("fused_recurrent_gated_delta_rule_with_gating", "torch")
+def _recurrent_with_gating_torch(*args, **kw):
+    from ..torch_impl import gdn_recurrent
+
+    return gdn_recurrent.fused_recurrent_gated_delta_rule_with_gating(*args, **kw)
+
+
+@register("fused_recurrent_gated_delta_rule_with_gating", "triton")
+def _recurrent_with_gating_triton(*args, **kw):
+    from ..kernels import gdn_recurrent
+
+    return gdn_recurrent.fused_recurrent_gated_delta_rule_with_gating(*args, **kw)
+
+
+@register("gdn_gating", "torch")
+def _gdn_gating_torch(*args, **kw):
+    from ..torch_impl import gdn_gating as impl
+
+    return impl.gdn_gating(*args, **kw)
+
+
+@register("gdn_gating", "triton")
+def _gdn_gating_triton(*args, **kw):
+    from ..kernels import gdn_gating as impl
+
+    return impl.gdn_gating(*args, **kw)
