@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="*", help="only configurations whose name contains one of these")
     p.add_argument("--module", action="append", help="collect LOWERING_CONFIGS from this module (repeatable; "
                    "default: every interns2_fast.kernels module)")
+
+    p = sub.add_parser("bench", help="run the benchmark suites: Markdown table, pytest-benchmark JSON, speedup plot")
+    from .bench import add_arguments as _bench_arguments
+
+    _bench_arguments(p)
     return parser
 
 
@@ -82,6 +87,10 @@ def main(argv=None, *, configs=None) -> int:
         return _cmd_info(args)
     if args.command == "lower":
         return _cmd_lower(args, configs)
+    if args.command == "bench":
+        from .bench import main as _bench_main
+
+        return _bench_main(args)
     raise SystemExit(f"unknown command {args.command}")
 
 
