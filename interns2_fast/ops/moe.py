@@ -36,10 +36,16 @@ def moe_experts(
     down_proj: torch.Tensor,
     *,
     backend: str = "auto",
+    shared_expert_output: torch.Tensor | None = None,
+    shared_expert_gate: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """out[t] = sum_j w[t, j] * down[e] @ (silu(gate) * up), gate|up = gate_up_proj[e] @ hidden[t],
     e = topk_ids[t, j]. hidden [T, H]; gate_up_proj [E, 2I, H]; down_proj [E, H, I] (as stored).
-    Returns [T, H] in hidden's dtype."""
+    Returns [T, H] in hidden's dtype.
+
+    Optional shared expert, added in the same pass as the combine (torch/triton backends):
+    `shared_expert_output` [T, H] (hidden's dtype) is added, scaled by
+    sigmoid(`shared_expert_gate`) when given ([T, 1] or [T]: the shared gate's logits)."""
     op = "moe_experts"
     check_tensor(op, "hidden", hidden, ndim=2)
     T, H = hidden.shape
@@ -50,10 +56,27 @@ def moe_experts(
     check_tensor(op, "down_proj", down_proj, ndim=3, dtypes=(hidden.dtype,), shape=(E, H, two_i // 2))
     check_tensor(op, "topk_ids", topk_ids, ndim=2, dtypes=(torch.int64, torch.int32), shape=(T, None))
     check_tensor(op, "topk_weights", topk_weights, ndim=2, shape=tuple(topk_ids.shape))
+    if shared_expert_gate is not None and shared_expert_output is None:
+        raise ValueError(f"{op}: shared_expert_gate needs shared_expert_output")
+    if shared_expert_output is not None:
+        check_tensor(op, "shared_expert_output", shared_expert_output, ndim=2, dtypes=(hidden.dtype,), shape=(T, H))
+    if shared_expert_gate is not None:
+        check_tensor(op, "shared_expert_gate", shared_expert_gate, shape=None)
+        if shared_expert_gate.numel() != T or shared_expert_gate.dim() not in (1, 2):
+            raise ValueError(f"{op}: shared_expert_gate must have shape [{T}, 1] or [{T}], got {list(shared_expert_gate.shape)}")
     check_same_device(op, hidden=hidden, topk_ids=topk_ids, topk_weights=topk_weights,
-                      gate_up_proj=gate_up_proj, down_proj=down_proj)
-    _, impl = resolve(op, backend, hidden.device)
-    return impl(hidden, topk_ids, topk_weights, gate_up_proj, down_proj)
+                      gate_up_proj=gate_up_proj, down_proj=down_proj, shared_expert_output=shared_expert_output,
+                      shared_expert_gate=shared_expert_gate)
+    name, impl = resolve(op, backend, hidden.device)
+    if shared_expert_output is None:
+        return impl(hidden, topk_ids, topk_weights, gate_up_proj, down_proj)
+    if name == "reference":  # transformers adds the gated shared expert after the experts, in hidden's dtype
+        shared = shared_expert_output
+        if shared_expert_gate is not None:
+            shared = torch.sigmoid(shared_expert_gate.reshape(T, 1)) * shared
+        return impl(hidden, topk_ids, topk_weights, gate_up_proj, down_proj) + shared
+    return impl(hidden, topk_ids, topk_weights, gate_up_proj, down_proj,
+                shared_expert_output=shared_expert_output, shared_expert_gate=shared_expert_gate)
 
 
 class RoutingPlan(NamedTuple):
@@ -150,3 +173,25 @@ def _moe_align_triton(topk_ids, num_experts, block_size):
     from ..kernels import moe_routing
 
     return moe_routing.moe_align(topk_ids, num_experts, block_size)
+
+
+@register("moe_experts", "torch")
+def _moe_experts_torch(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, **shared):
+    from ..torch_impl import moe_experts
+
+    return moe_experts.moe_experts(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, **shared)
+
+
+@register("moe_experts", "triton")
+def _moe_experts_triton(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, **shared):
+    from ..kernels import moe_experts
+
+    return moe_experts.moe_experts(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, plan_fn=moe_align,
+                                   **shared)
+
+
+@register("moe_experts", "npu_native")
+def _moe_experts_npu_native(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, **shared):
+    from ..torch_impl import moe_npu_native
+
+    return moe_npu_native.moe_experts(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, **shared)

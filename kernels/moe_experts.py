@@ -1,0 +1,347 @@
+"""Grouped SwiGLU expert FFNs over a routing plan, a decode path, and a deterministic combine.
+
+Weights are read as stored: `gate_up_proj [E, 2I, H]` (gate rows 0..I-1, up rows I..2I-1) and
+`down_proj [E, H, I]`; the GEMM kernels load each weight tile transposed through its strides
+([BLOCK_K, BLOCK_N] with the contiguous axis first), so no transposed copy of the weights exists.
+
+Prefill (T*k > DECODE_SLOTS), over a `RoutingPlan` (interns2_fast.ops.moe) built with
+block_size = BLOCK_M:
+  1. `_gate_up_kernel`: per (row block, I tile): rows are slots of one expert (sentinel rows
+     masked); acc_g, acc_u = x @ W_gate^T, x @ W_up^T (fp32); inter = silu(acc_g) * acc_u
+     stored in the hidden dtype (as transformers' eager path rounds it).
+  2. `_down_kernel`: per (row block, H tile): y = (inter @ W_down^T) * routing_weight (fp32),
+     stored at the row's SLOT (s = t*k + j) of y [T*k, H] fp32.
+  Both are cube kernels on a persistent grid; blocks at or past plan.num_rows are skipped on the
+  device (the plan's shapes are static, its row count lives on the device).
+Decode (T*k <= DECODE_SLOTS): no plan. `_decode_gate_up_kernel` / `_decode_down_kernel` run one
+task per (slot, N tile) as vector GEMVs that read the selected experts' weight rows once.
+Combine (`_combine_kernel`, vector): out[t] = sum_{j=0..k-1} y[t*k + j] in that order (no
+atomics: bit-reproducible), + sigmoid(shared_gate_logit[t]) * shared_out[t] when given.
+
+Tiles are sized for the Ascend 192 KB Unified Buffer (see LOWERING_CONFIGS). Under the Triton
+interpreter the dot operands are cast to fp32 (bf16 tl.dot is wrong there); on a device bf16/fp16
+tiles go to tl.dot as they are, with fp32 accumulation.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from interns2_fast import device as _device
+
+from . import LoweringConfig
+
+#: Up to this many (token, expert) slots the decode kernels run instead of the plan GEMMs.
+DECODE_SLOTS = 64
+
+# Tile sizes (Ascend UB budget checked by the lowering gate).
+GU_BLOCK_N = 64      # I columns per gate_up task (gate and up tiles of this width each)
+GU_BLOCK_K = 128     # H reduction step
+DN_BLOCK_N = 128     # H columns per down task
+DN_BLOCK_K = 128     # I reduction step
+DEC_BLOCK_N = 32     # output rows per decode GEMV task
+DEC_BLOCK_K = 256    # reduction step of the decode GEMVs
+CB_BLOCK_T = 4       # tokens per combine task
+CB_BLOCK_H = 512     # hidden columns per combine task
+
+
+@triton.jit
+def _gate_up_kernel(
+    x_ptr, w_ptr, inter_ptr, sorted_slots_ptr, block_expert_ptr, num_rows_ptr,
+    num_slots, num_tasks,
+    H: tl.constexpr, I: tl.constexpr, K_TOP: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_FP32: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    n_tiles: tl.constexpr = I // BLOCK_N
+    num_rows = tl.load(num_rows_ptr)
+    for task in range(pid, num_tasks, nprog):
+        mb = task // n_tiles
+        nt = task % n_tiles
+        row0 = mb * BLOCK_M
+        if row0 < num_rows:
+            e64 = tl.cast(tl.load(block_expert_ptr + mb), tl.int64)
+            rows = row0 + tl.arange(0, BLOCK_M)
+            slots = tl.load(sorted_slots_ptr + rows)
+            valid = slots < num_slots
+            tok64 = tl.cast(tl.where(valid, slots // K_TOP, 0), tl.int64)
+            cols64 = tl.cast(nt * BLOCK_N + tl.arange(0, BLOCK_N), tl.int64)
+            w_base = w_ptr + e64 * (2 * I * H)
+            acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+            acc_u = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+            for k0 in range(0, H, BLOCK_K):
+                kk = k0 + tl.arange(0, BLOCK_K)
+                a = tl.load(x_ptr + tok64[:, None] * H + kk[None, :], mask=valid[:, None], other=0.0)
+                # [BLOCK_K, BLOCK_N] tiles of W^T read through the stored layout's strides.
+                wg = tl.load(tl.make_block_ptr(w_base, (H, I), (1, H), (k0, nt * BLOCK_N), (BLOCK_K, BLOCK_N), (0, 1)))
+                wu = tl.load(tl.make_block_ptr(w_base + I * H, (H, I), (1, H), (k0, nt * BLOCK_N), (BLOCK_K, BLOCK_N),
+                                               (0, 1)))
+                if DOT_FP32:
+                    a = a.to(tl.float32)
+                    wg = wg.to(tl.float32)
+                    wu = wu.to(tl.float32)
+                a2 = a + 0.0  # tl.dot may overwrite its left operand in UB
+                acc_g += tl.dot(a, wg)
+                acc_u += tl.dot(a2, wu)
+            h = acc_g / (1.0 + tl.exp(-acc_g)) * acc_u
+            rows64 = tl.cast(rows, tl.int64)
+            tl.store(inter_ptr + rows64[:, None] * I + cols64[None, :], h.to(inter_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _down_kernel(
+    inter_ptr, w_ptr, topk_w_ptr, y_ptr, sorted_slots_ptr, block_expert_ptr, num_rows_ptr,
+    num_slots, num_tasks,
+    H: tl.constexpr, I: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_FP32: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    n_tiles: tl.constexpr = H // BLOCK_N
+    num_rows = tl.load(num_rows_ptr)
+    for task in range(pid, num_tasks, nprog):
+        mb = task // n_tiles
+        nt = task % n_tiles
+        row0 = mb * BLOCK_M
+        if row0 < num_rows:
+            e64 = tl.cast(tl.load(block_expert_ptr + mb), tl.int64)
+            rows = row0 + tl.arange(0, BLOCK_M)
+            rows64 = tl.cast(rows, tl.int64)
+            slots = tl.load(sorted_slots_ptr + rows)
+            valid = slots < num_slots
+            cols64 = tl.cast(nt * BLOCK_N + tl.arange(0, BLOCK_N), tl.int64)
+            w_base = w_ptr + e64 * (H * I)
+            acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+            for k0 in range(0, I, BLOCK_K):
+                kk = k0 + tl.arange(0, BLOCK_K)
+                a = tl.load(inter_ptr + rows64[:, None] * I + kk[None, :])
+                w = tl.load(tl.make_block_ptr(w_base, (I, H), (1, I), (k0, nt * BLOCK_N), (BLOCK_K, BLOCK_N), (0, 1)))
+                if DOT_FP32:
+                    a = a.to(tl.float32)
+                    w = w.to(tl.float32)
+                acc += tl.dot(a, w)
+            scale = tl.load(topk_w_ptr + slots, mask=valid, other=0.0)
+            y = acc * scale[:, None]
+            slot64 = tl.cast(tl.where(valid, slots, 0), tl.int64)
+            tl.store(y_ptr + slot64[:, None] * H + cols64[None, :], y, mask=valid[:, None])
+
+
+@triton.jit
+def _decode_gate_up_kernel(
+    x_ptr, w_ptr, ids_ptr, inter_ptr, num_tasks,
+    H: tl.constexpr, I: tl.constexpr, K_TOP: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    n_tiles: tl.constexpr = I // BLOCK_N
+    for task in range(pid, num_tasks, nprog):
+        s = task // n_tiles
+        nt = task % n_tiles
+        e64 = tl.cast(tl.load(ids_ptr + s), tl.int64)
+        t64 = tl.cast(s // K_TOP, tl.int64)
+        cols64 = tl.cast(nt * BLOCK_N + tl.arange(0, BLOCK_N), tl.int64)
+        w_base = w_ptr + e64 * (2 * I * H)
+        acc_g = tl.zeros([BLOCK_N], dtype=tl.float32)
+        acc_u = tl.zeros([BLOCK_N], dtype=tl.float32)
+        for k0 in range(0, H, BLOCK_K):
+            kk = k0 + tl.arange(0, BLOCK_K)
+            x = tl.load(x_ptr + t64 * H + kk).to(tl.float32)
+            wg = tl.load(w_base + cols64[:, None] * H + kk[None, :]).to(tl.float32)
+            wu = tl.load(w_base + (cols64[:, None] + I) * H + kk[None, :]).to(tl.float32)
+            acc_g += tl.sum(wg * x[None, :], axis=1)
+            acc_u += tl.sum(wu * x[None, :], axis=1)
+        h = acc_g / (1.0 + tl.exp(-acc_g)) * acc_u
+        tl.store(inter_ptr + tl.cast(s, tl.int64) * I + cols64, h.to(inter_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _decode_down_kernel(
+    inter_ptr, w_ptr, ids_ptr, topk_w_ptr, y_ptr, num_tasks,
+    H: tl.constexpr, I: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    n_tiles: tl.constexpr = H // BLOCK_N
+    for task in range(pid, num_tasks, nprog):
+        s = task // n_tiles
+        nt = task % n_tiles
+        s64 = tl.cast(s, tl.int64)
+        e64 = tl.cast(tl.load(ids_ptr + s), tl.int64)
+        cols64 = tl.cast(nt * BLOCK_N + tl.arange(0, BLOCK_N), tl.int64)
+        w_base = w_ptr + e64 * (H * I)
+        acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+        for k0 in range(0, I, BLOCK_K):
+            kk = k0 + tl.arange(0, BLOCK_K)
+            h = tl.load(inter_ptr + s64 * I + kk).to(tl.float32)
+            w = tl.load(w_base + cols64[:, None] * I + kk[None, :]).to(tl.float32)
+            acc += tl.sum(w * h[None, :], axis=1)
+        scale = tl.load(topk_w_ptr + s)
+        tl.store(y_ptr + s64 * H + cols64, acc * scale)
+
+
+@triton.jit
+def _combine_kernel(
+    y_ptr, out_ptr, shared_ptr, shared_gate_ptr, num_tokens, num_tasks,
+    H: tl.constexpr, K_TOP: tl.constexpr, HAS_SHARED: tl.constexpr, HAS_SHARED_GATE: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    h_tiles: tl.constexpr = H // BLOCK_H
+    for task in range(pid, num_tasks, nprog):
+        tb = task // h_tiles
+        ht = task % h_tiles
+        toks = tb * BLOCK_T + tl.arange(0, BLOCK_T)
+        tmask = toks < num_tokens
+        toks64 = tl.cast(tl.where(tmask, toks, 0), tl.int64)
+        cols64 = tl.cast(ht * BLOCK_H + tl.arange(0, BLOCK_H), tl.int64)
+        acc = tl.zeros([BLOCK_T, BLOCK_H], dtype=tl.float32)
+        for j in tl.static_range(K_TOP):  # fixed order j = 0..k-1: bit-reproducible
+            acc += tl.load(y_ptr + (toks64[:, None] * K_TOP + j) * H + cols64[None, :], mask=tmask[:, None],
+                           other=0.0)
+        if HAS_SHARED:
+            sh = tl.load(shared_ptr + toks64[:, None] * H + cols64[None, :], mask=tmask[:, None],
+                         other=0.0).to(tl.float32)
+            if HAS_SHARED_GATE:
+                g = tl.load(shared_gate_ptr + toks64, mask=tmask, other=0.0).to(tl.float32)
+                sh = sh / (1.0 + tl.exp(-g))[:, None]
+            acc += sh
+        tl.store(out_ptr + toks64[:, None] * H + cols64[None, :], acc.to(out_ptr.dtype.element_ty),
+                 mask=tmask[:, None])
+
+
+def block_size_for(num_slots: int, num_experts: int) -> int:
+    """Rows per GEMM block (= the plan's block_size): about the mean rows per hit expert, 16..64."""
+    per_expert = num_slots / max(1, min(num_experts, num_slots))
+    if per_expert <= 24:
+        return 16
+    if per_expert <= 48:
+        return 32
+    return 64
+
+
+def _check_tiles(H: int, I: int) -> None:
+    for name, dim, block in (("I", I, GU_BLOCK_N), ("H", H, GU_BLOCK_K), ("H", H, DN_BLOCK_N),
+                             ("I", I, DN_BLOCK_K), ("I", I, DEC_BLOCK_N), ("H", H, DEC_BLOCK_K),
+                             ("H", H, CB_BLOCK_H)):
+        if dim % min(block, dim) or (dim < block and dim & (dim - 1)):
+            raise ValueError(f"moe_experts (triton): {name}={dim} must be a multiple of {block} or a power of two below it")
+
+
+def _blk(dim: int, block: int) -> int:
+    return min(block, dim)
+
+
+def combine(y: torch.Tensor, T: int, k: int, out_dtype: torch.dtype, shared_expert_output=None,
+            shared_expert_gate=None) -> torch.Tensor:
+    """out[t] = sum_j y[t*k + j] (+ sigmoid(gate[t]) * shared[t]); y [T*k, H] fp32."""
+    H = y.shape[1]
+    out = torch.empty(T, H, dtype=out_dtype, device=y.device)
+    bh = _blk(H, CB_BLOCK_H)
+    num_tasks = triton.cdiv(T, CB_BLOCK_T) * (H // bh)
+    has_shared = shared_expert_output is not None
+    has_gate = has_shared and shared_expert_gate is not None
+    sh = shared_expert_output.contiguous() if has_shared else y
+    gl = shared_expert_gate.reshape(-1).contiguous() if has_gate else y
+    grid = (_device.persistent_grid(y.device, num_tasks, cube=False),)
+    with _device.device_guard(y):
+        _combine_kernel[grid](y, out, sh, gl, T, num_tasks, H=H, K_TOP=k, HAS_SHARED=has_shared,
+                              HAS_SHARED_GATE=has_gate, BLOCK_T=CB_BLOCK_T, BLOCK_H=bh)
+    return out
+
+
+def moe_experts(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, *, shared_expert_output=None,
+                shared_expert_gate=None, plan_fn=None, force_plan: bool = False):
+    """Triton expert FFNs. `plan_fn(topk_ids, E, block_size) -> RoutingPlan` builds the routing plan
+    for the prefill path (interns2_fast.ops.moe.moe_align). `force_plan` skips the decode path."""
+    T, H = hidden.shape
+    k = topk_ids.shape[1]
+    E, two_i, _ = gate_up_proj.shape
+    I = two_i // 2
+    S = T * k
+    _check_tiles(H, I)
+    dev = hidden.device
+    x = hidden.contiguous()
+    gu = gate_up_proj.contiguous()
+    dn = down_proj.contiguous()
+    w = topk_weights.reshape(-1).to(torch.float32).contiguous()
+    y = torch.empty(S, H, dtype=torch.float32, device=dev)
+    dot_fp32 = _device.interpreting() or hidden.dtype == torch.float32
+    with _device.device_guard(hidden):
+        if S <= DECODE_SLOTS and not force_plan:
+            ids = topk_ids.reshape(-1).to(torch.int32).contiguous()
+            inter = torch.empty(S, I, dtype=hidden.dtype, device=dev)
+            bn, bk = _blk(I, DEC_BLOCK_N), _blk(H, DEC_BLOCK_K)
+            nt = S * (I // bn)
+            _decode_gate_up_kernel[(_device.persistent_grid(dev, nt, cube=False),)](
+                x, gu, ids, inter, nt, H=H, I=I, K_TOP=k, BLOCK_N=bn, BLOCK_K=bk)
+            bn, bk = _blk(H, DEC_BLOCK_N), _blk(I, DEC_BLOCK_K)
+            nt = S * (H // bn)
+            _decode_down_kernel[(_device.persistent_grid(dev, nt, cube=False),)](
+                inter, dn, ids, w, y, nt, H=H, I=I, BLOCK_N=bn, BLOCK_K=bk)
+        else:
+            bm = block_size_for(S, E)
+            plan = plan_fn(topk_ids, E, bm)
+            max_rows = plan.sorted_slots.shape[0]
+            n_blocks = max_rows // bm
+            inter = torch.empty(max_rows, I, dtype=hidden.dtype, device=dev)
+            bn, bk = _blk(I, GU_BLOCK_N), _blk(H, GU_BLOCK_K)
+            nt = n_blocks * (I // bn)
+            _gate_up_kernel[(_device.persistent_grid(dev, nt, cube=True),)](
+                x, gu, inter, plan.sorted_slots, plan.block_expert, plan.num_rows, S, nt,
+                H=H, I=I, K_TOP=k, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, DOT_FP32=dot_fp32)
+            bn, bk = _blk(H, DN_BLOCK_N), _blk(I, DN_BLOCK_K)
+            nt = n_blocks * (H // bn)
+            _down_kernel[(_device.persistent_grid(dev, nt, cube=True),)](
+                inter, dn, w, y, plan.sorted_slots, plan.block_expert, plan.num_rows, S, nt,
+                H=H, I=I, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, DOT_FP32=dot_fp32)
+    return combine(y, T, k, hidden.dtype, shared_expert_output, shared_expert_gate)
+
+
+# Production configurations: Intern-S2 E=256, k=8, H=2048, I=512, bf16. T (hence the number of
+# slots, plan rows and tasks) is a runtime value; the block size takes the values block_size_for
+# picks (16 at T<=512, 64 at T=4096).
+_H, _I, _K = 2048, 512, 8
+
+
+def _gemm_configs():
+    out = []
+    for bm in (16, 32, 64):
+        out.append(LoweringConfig(
+            f"moe_experts/gate_up_bm{bm}", _gate_up_kernel,
+            {"x_ptr": "*bf16", "w_ptr": "*bf16", "inter_ptr": "*bf16", "sorted_slots_ptr": "*i32",
+             "block_expert_ptr": "*i32", "num_rows_ptr": "*i32", "num_slots": "i32", "num_tasks": "i32"},
+            {"H": _H, "I": _I, "K_TOP": _K, "BLOCK_M": bm, "BLOCK_N": GU_BLOCK_N, "BLOCK_K": GU_BLOCK_K,
+             "DOT_FP32": False}))
+        out.append(LoweringConfig(
+            f"moe_experts/down_bm{bm}", _down_kernel,
+            {"inter_ptr": "*bf16", "w_ptr": "*bf16", "topk_w_ptr": "*fp32", "y_ptr": "*fp32",
+             "sorted_slots_ptr": "*i32", "block_expert_ptr": "*i32", "num_rows_ptr": "*i32",
+             "num_slots": "i32", "num_tasks": "i32"},
+            {"H": _H, "I": _I, "BLOCK_M": bm, "BLOCK_N": DN_BLOCK_N, "BLOCK_K": DN_BLOCK_K, "DOT_FP32": False}))
+    return out
+
+
+LOWERING_CONFIGS = _gemm_configs() + [
+    LoweringConfig(
+        "moe_experts/decode_gate_up", _decode_gate_up_kernel,
+        {"x_ptr": "*bf16", "w_ptr": "*bf16", "ids_ptr": "*i32", "inter_ptr": "*bf16", "num_tasks": "i32"},
+        {"H": _H, "I": _I, "K_TOP": _K, "BLOCK_N": DEC_BLOCK_N, "BLOCK_K": DEC_BLOCK_K}),
+    LoweringConfig(
+        "moe_experts/decode_down", _decode_down_kernel,
+        {"inter_ptr": "*bf16", "w_ptr": "*bf16", "ids_ptr": "*i32", "topk_w_ptr": "*fp32", "y_ptr": "*fp32",
+         "num_tasks": "i32"},
+        {"H": _H, "I": _I, "BLOCK_N": DEC_BLOCK_N, "BLOCK_K": DEC_BLOCK_K}),
+] + [
+    LoweringConfig(
+        f"moe_experts/combine{'_shared' if shared else ''}", _combine_kernel,
+        {"y_ptr": "*fp32", "out_ptr": "*bf16", "shared_ptr": "*bf16", "shared_gate_ptr": "*bf16",
+         "num_tokens": "i32", "num_tasks": "i32"},
+        {"H": _H, "K_TOP": _K, "HAS_SHARED": shared, "HAS_SHARED_GATE": shared, "BLOCK_T": CB_BLOCK_T,
+         "BLOCK_H": CB_BLOCK_H})
+    for shared in (False, True)
+]
