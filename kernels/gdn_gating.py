@@ -43,18 +43,24 @@ def gdn_gating_kernel(
     for task in range(pid, num_tasks, nprog):
         bi = tl.cast(task // num_t_blocks, tl.int64)
         tb = task % num_t_blocks
-        offs_t = tl.cast(tb * BT + tl.arange(0, BT), tl.int64)
-        mask = (offs_t < T)[:, None] & mask_h[None, :]
+        offs_t = tb * BT + tl.arange(0, BT)
+        mask_t = offs_t < T
+        mask = mask_t[:, None] & mask_h[None, :]
         a = tl.load(a_ptr + bi * stride_ab + offs_t[:, None] * stride_at + offs_h[None, :], mask=mask, other=0.0)
         b = tl.load(b_ptr + bi * stride_bb + offs_t[:, None] * stride_bt + offs_h[None, :], mask=mask, other=0.0)
         g = neg_A[None, :] * softplus_fp32(a.to(tl.float32) + dt_bias[None, :])
-        beta = tl.sigmoid(b.to(tl.float32)).to(beta_ptr.dtype.element_ty)
+        beta = tl.sigmoid(b.to(tl.float32))
         if HEAD_MAJOR:
-            out = bi * H * T + offs_h[None, :] * T + offs_t[:, None]
+            # Transpose the tile on chip and store it row-contiguous along T (a strided store of the
+            # untransposed tile overflows the UB at BT = 64).
+            out = bi * H * T + offs_h[:, None] * T + offs_t[None, :]
+            mask_o = mask_h[:, None] & mask_t[None, :]
+            tl.store(g_ptr + out, tl.trans(g), mask=mask_o)
+            tl.store(beta_ptr + out, tl.trans(beta).to(beta_ptr.dtype.element_ty), mask=mask_o)
         else:
             out = bi * T * H + offs_t[:, None] * H + offs_h[None, :]
-        tl.store(g_ptr + out, g, mask=mask)
-        tl.store(beta_ptr + out, beta, mask=mask)
+            tl.store(g_ptr + out, g, mask=mask)
+            tl.store(beta_ptr + out, beta.to(beta_ptr.dtype.element_ty), mask=mask)
 
 
 #: Tokens per tile: a [64, 32] fp32 tile is 8 KB, far inside the UB; fixed so T never recompiles.
