@@ -1,0 +1,129 @@
+"""MoE hooks: the router, the experts and the sparse-MoE block on interns2_fast's ops.
+
+The only place that knows how transformers' MoE modules (qwen3_5_moe and its Intern-S2-Preview
+copy) look and what they return. Modules are used by structure:
+
+  * router: `weight` [E, H], `top_k`, `hidden_dim`; forward(hidden) -> (slot0, weights, ids);
+  * experts: `gate_up_proj` [E, 2I, H], `down_proj` [E, H, I] (SwiGLU, no bias, not transposed);
+  * block: `gate` (router), `experts`, `shared_expert` (MLP), `shared_expert_gate` (Linear H -> 1).
+
+What differs between versions is detected by behaviour, once per router class (`router_semantics`):
+transformers 5.2's router returns the softmax probabilities (fp32) in its first slot and the top-k
+weights in fp32; 5.24 returns the raw logits (hidden's dtype) and casts the weights to the logits'
+dtype. In both the weights take the first slot's dtype. The block forward returns one tensor
+[B, L, H] in both versions (its shared-expert add is fused into the experts' combine here).
+
+Backend choice: the `backend` argument; else a `interns2_fast_backend` attribute on the module;
+else the backend `interns2_fast.patch` recorded for the "moe" family; else "auto".
+
+Registering the experts implementation (`register_experts_implementation`) makes
+`config._experts_implementation = "interns2_fast"` route every `@use_experts_implementation`
+experts module through `experts_forward`. transformers 5.2's `PreTrainedModel` validation of
+`experts_implementation=` in `from_pretrained` only accepts its built-in names; set the config
+attribute after loading (or patch the block) there. Expert-parallel sentinel ids (>= E) are not
+supported by these hooks.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+from .. import ops
+
+#: The attribute a module may carry to pick the backend of these hooks.
+BACKEND_ATTR = "interns2_fast_backend"
+EXPERTS_IMPLEMENTATION = "interns2_fast"
+
+
+def _backend(module: torch.nn.Module, backend: str | None) -> str:
+    if backend is not None:
+        return backend
+    chosen = getattr(module, BACKEND_ATTR, None)
+    if chosen:
+        return chosen
+    from .state import get_state
+
+    st = get_state(module)
+    if st is not None:
+        return st.backends.get("moe", "auto")
+    return "auto"
+
+
+# ---------------------------------------------------------------------------------------------
+# experts
+
+
+def experts_forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
+                    top_k_weights: torch.Tensor) -> torch.Tensor:
+    """An experts implementation with transformers' interface (`ALL_EXPERTS_FUNCTIONS`):
+    hidden_states [T, H], top_k_index [T, k], top_k_weights [T, k] -> [T, H] in hidden's dtype."""
+    if getattr(self, "has_bias", False) or getattr(self, "is_transposed", False):
+        raise NotImplementedError("interns2_fast experts: biased or transposed expert weights are not supported")
+    return ops.moe_experts(hidden_states, top_k_index, top_k_weights, self.gate_up_proj, self.down_proj,
+                           backend=_backend(self, None))
+
+
+def register_experts_implementation(name: str = EXPERTS_IMPLEMENTATION) -> str:
+    """Register `experts_forward` as transformers experts implementation `name` (library-wide, in
+    `transformers.integrations.moe.ALL_EXPERTS_FUNCTIONS`); returns the name."""
+    from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
+
+    ALL_EXPERTS_FUNCTIONS.register(name, experts_forward)
+    return name
+
+
+# ---------------------------------------------------------------------------------------------
+# router
+
+
+@functools.lru_cache(maxsize=None)
+def _probe_router_class(cls: type) -> bool:
+    """Run `cls.forward` (the class's own, unpatched forward) on a zero input: a router that returns
+    softmax probabilities gives 1/E in its first slot, one that returns logits gives 0."""
+    router = cls.__new__(cls)
+    torch.nn.Module.__init__(router)
+    router.weight = torch.nn.Parameter(torch.zeros(2, 4, dtype=torch.bfloat16), requires_grad=False)
+    router.top_k, router.num_experts, router.hidden_dim = 1, 2, 4
+    with torch.no_grad():
+        first = cls.forward(router, torch.zeros(1, 4, dtype=torch.bfloat16))[0]
+    return bool(first.float().abs().sum() > 0)
+
+
+def router_semantics(router: torch.nn.Module) -> bool:
+    """True when the installed router returns softmax probabilities (fp32) in its first slot
+    (transformers 5.2), False when it returns the raw logits (later versions)."""
+    return _probe_router_class(type(router))
+
+
+def router_forward(router: torch.nn.Module, hidden_states: torch.Tensor, *, backend: str | None = None):
+    """What the installed router's forward returns, computed by `ops.moe_route`:
+    (probs fp32 | logits, top-k weights in that slot's dtype, top-k ids int64)."""
+    hidden = hidden_states.reshape(-1, router.hidden_dim)
+    logits, weights, ids = ops.moe_route(hidden, router.weight, router.top_k, backend=_backend(router, backend))
+    first = torch.softmax(logits, dim=-1, dtype=torch.float32) if router_semantics(router) else logits
+    return first, weights.to(first.dtype), ids
+
+
+# ---------------------------------------------------------------------------------------------
+# sparse-MoE block
+
+
+def sparse_moe_block_forward(block: torch.nn.Module, hidden_states: torch.Tensor, *,
+                             backend: str | None = None) -> torch.Tensor:
+    """The sparse-MoE block: router -> experts (+ sigmoid-gated shared expert fused into the
+    combine) -> [B, L, H], as the installed block's forward returns it."""
+    backend = _backend(block, backend)
+    shape = hidden_states.shape
+    x = hidden_states.reshape(-1, shape[-1])
+    _, weights, ids = router_forward(block.gate, x, backend=backend)
+    shared_out = block.shared_expert(x)
+    shared_gate = block.shared_expert_gate(x)  # [T, 1] logits
+    experts = block.experts
+    if getattr(experts, "has_bias", False) or getattr(experts, "is_transposed", False):
+        out = experts(x, ids, weights) + F.sigmoid(shared_gate) * shared_out
+    else:
+        out = ops.moe_experts(x, ids, weights, experts.gate_up_proj, experts.down_proj, backend=backend,
+                              shared_expert_output=shared_out, shared_expert_gate=shared_gate)
+    return out.reshape(shape)

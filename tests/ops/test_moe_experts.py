@@ -1,0 +1,167 @@
+"""moe_experts: torch and Triton (interpreter) backends vs the installed transformers eager experts
+(the reference backend) and vs an independent float64 per-slot loop written here.
+
+Tolerances (rms = rms(out - ref) / rms(ref); max_abs relative to max|ref|):
+
+| dtype | vs float64 loop: rms / max_abs | vs reference backend: rms / max_abs |
+|-------|--------------------------------|-------------------------------------|
+| fp32  | 1e-5 / 1e-5                    | 1e-5 / 1e-5                         |
+| bf16  | 2e-2 / 4e-2                    | 3e-2 / 6e-2                         |
+
+bf16: the reference rounds gate/up, the activation, each expert's output and the running sum to
+bf16; the backends keep fp32 accumulators and round once, so they sit closer to the float64 loop.
+"""
+import pytest
+import torch
+
+from interns2_fast import ops
+from interns2_fast.ops import moe as moe_ops
+
+TOL = {torch.float32: dict(loop=(1e-5, 1e-5), ref=(1e-5, 1e-5)),
+       torch.bfloat16: dict(loop=(2e-2, 4e-2), ref=(3e-2, 6e-2))}
+H, I = 32, 16
+
+
+def _metrics(out, ref):
+    out, ref = out.double(), ref.double()
+    rms = (out - ref).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt().clamp_min(1e-30)
+    mx = (out - ref).abs().max() / ref.abs().max().clamp_min(1e-30)
+    return rms.item(), mx.item()
+
+
+def _close(out, ref, tol):
+    rms, mx = _metrics(out, ref)
+    assert rms <= tol[0] and mx <= tol[1], f"rms {rms:.3g} (tol {tol[0]}), max_abs {mx:.3g} (tol {tol[1]})"
+
+
+def loop64(hidden, ids, weights, gu, dn, shared=None, gate=None):
+    """Independent float64 per-slot loop: out[t] = sum_j w[t,j] * down[e] @ (silu(g) * u)."""
+    x, gu, dn, w = hidden.double(), gu.double(), dn.double(), weights.double()
+    inter = dn.shape[2]
+    out = torch.zeros_like(x)
+    for t in range(x.shape[0]):
+        for j in range(ids.shape[1]):
+            e = int(ids[t, j])
+            gate_up = gu[e] @ x[t]
+            h = torch.nn.functional.silu(gate_up[:inter]) * gate_up[inter:]
+            out[t] += w[t, j] * (dn[e] @ h)
+        if shared is not None:
+            s = shared[t].double()
+            out[t] += s * (torch.sigmoid(gate[t].double().reshape(())) if gate is not None else 1.0)
+    return out
+
+
+def make(T, E, k, dtype, *, ids=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(T, H, generator=g).to(dtype)
+    gu = (torch.randn(E, 2 * I, H, generator=g) * H ** -0.5).to(dtype)
+    dn = (torch.randn(E, H, I, generator=g) * I ** -0.5).to(dtype)
+    if ids is None:
+        ids = torch.stack([torch.randperm(E, generator=g)[:k] for _ in range(T)])
+    w = torch.rand(T, k, generator=g) + 0.1
+    w = w / w.sum(-1, keepdim=True)
+    return hidden, ids, w, gu, dn
+
+
+BACKENDS = ["torch", "triton"]
+
+
+def _run(backend, *args, **kw):
+    if backend == "triton":
+        pytest.importorskip("triton")
+    return ops.moe_experts(*args, backend=backend, **kw)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("T,E,k", [(1, 8, 2), (2, 16, 8), (7, 8, 8), (64, 16, 2), (64, 8, 8)])
+def test_matches_reference_and_loop(backend, dtype, T, E, k):
+    args = make(T, E, k, dtype)
+    out = _run(backend, *args)
+    assert out.shape == (T, H) and out.dtype == dtype
+    _close(out, loop64(*args), TOL[dtype]["loop"])
+    _close(out, ops.moe_experts(*args, backend="reference"), TOL[dtype]["ref"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_all_tokens_on_one_expert_and_idle_experts(backend):
+    # Every token picks experts 3 and 5 (most experts get nothing); the plan path (T*k > 64).
+    T, E, k = 40, 16, 2
+    ids = torch.tensor([[3, 5]] * T)
+    args = make(T, E, k, torch.float32, ids=ids)
+    out = _run(backend, *args)
+    _close(out, loop64(*args), TOL[torch.float32]["loop"])
+    _close(out, ops.moe_experts(*args, backend="reference"), TOL[torch.float32]["ref"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_k1_single_expert_everything(backend):
+    T, E, k = 70, 8, 1
+    args = make(T, E, k, torch.float32, ids=torch.full((T, 1), 7))
+    _close(_run(backend, *args), loop64(*args), TOL[torch.float32]["loop"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("T", [1, 7, 64])
+def test_triton_decode_and_plan_paths_agree(dtype, T):
+    pytest.importorskip("triton")
+    from interns2_fast.kernels import moe_experts as km
+
+    args = make(T, 8, 2, dtype)
+    dec = km.moe_experts(*args, plan_fn=moe_ops.moe_align)
+    plan = km.moe_experts(*args, plan_fn=moe_ops.moe_align, force_plan=True)
+    _close(dec, loop64(*args), TOL[dtype]["loop"])
+    _close(plan, loop64(*args), TOL[dtype]["loop"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS + ["reference"])
+@pytest.mark.parametrize("T,k", [(3, 2), (40, 8)])
+@pytest.mark.parametrize("with_gate", [True, False])
+def test_shared_expert_fused_add(backend, T, k, with_gate):
+    args = make(T, 16, k, torch.float32)
+    shared = torch.randn(T, H)
+    gate = torch.randn(T, 1) if with_gate else None
+    out = _run(backend, *args, shared_expert_output=shared, shared_expert_gate=gate)
+    _close(out, loop64(*args, shared=shared, gate=gate), TOL[torch.float32]["loop"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("T", [5, 64])
+def test_deterministic(backend, T):
+    args = make(T, 8, 8, torch.bfloat16)
+    shared = torch.randn(T, H).to(torch.bfloat16)
+    gate = torch.randn(T)
+    a = _run(backend, *args, shared_expert_output=shared, shared_expert_gate=gate.to(torch.bfloat16))
+    b = _run(backend, *args, shared_expert_output=shared, shared_expert_gate=gate.to(torch.bfloat16))
+    assert torch.equal(a, b)
+
+
+def test_int32_ids_match_int64():
+    args = make(9, 8, 8, torch.float32)
+    a = ops.moe_experts(*args, backend="torch")
+    b = ops.moe_experts(args[0], args[1].to(torch.int32), *args[2:], backend="torch")
+    assert torch.equal(a, b)
+
+
+def test_bad_inputs_name_the_op():
+    hidden, ids, w, gu, dn = make(4, 8, 2, torch.float32)
+    with pytest.raises(ValueError, match="moe_experts.*shared_expert_output"):
+        ops.moe_experts(hidden, ids, w, gu, dn, shared_expert_gate=torch.zeros(4, 1))
+    with pytest.raises(ValueError, match="moe_experts.*shared_expert_output"):
+        ops.moe_experts(hidden, ids, w, gu, dn, shared_expert_output=torch.zeros(3, H))
+    with pytest.raises(ValueError, match="moe_experts.*shared_expert_gate"):
+        ops.moe_experts(hidden, ids, w, gu, dn, shared_expert_output=torch.zeros(4, H),
+                        shared_expert_gate=torch.zeros(4, 2))
+    with pytest.raises(TypeError, match="moe_experts.*down_proj"):
+        ops.moe_experts(hidden, ids, w, gu, dn.double())
+
+
+def test_npu_native_without_torch_npu_is_a_clear_error():
+    import importlib.util
+
+    if importlib.util.find_spec("torch_npu") is not None:
+        pytest.skip("torch_npu is installed")
+    from interns2_fast.torch_impl import moe_npu_native
+
+    with pytest.raises(RuntimeError, match="torch_npu"):
+        moe_npu_native.moe_experts(*make(2, 8, 2, torch.float32))
