@@ -1,0 +1,264 @@
+"""The patched Gated DeltaNet (linear-attention) layer and gated RMSNorm forwards.
+
+One forward serves every supported transformers version and layout; the per-version glue is the
+cache protocol, chosen from what the cache object offers:
+
+* legacy (transformers 5.2 - 5.14, and the Intern-S2-Preview remote code pinned to 5.2): the cache
+  keeps lists `conv_states[i]` / `recurrent_states[i]` and a `has_previous_state` flag; a step is a
+  decode step when `has_previous_state and seq_len == 1 and cache_position is not None`; a prefill
+  stores the last W inputs (`F.pad(x, (W - T, 0))`) and always starts the delta rule from a zero
+  state (`initial_state=None`) — exactly what 5.2 does, including on a multi-token continuation of a
+  cached conversation, where 5.2 drops the linear-attention state (reproduced, not fixed, so that
+  patched == reference);
+* layered (5.15+): `cache.get_conv_state(i)` / `update_conv_state` / `get_recurrent_state` /
+  `update_recurrent_state` / `is_recording_past`; a prefill continues from the cached state.
+
+q/k are passed with their Hk key heads (the ops map value head h to key head h // (Hv // Hk)), so
+nothing is repeated. The decode step has no host synchronisation: the conv state is updated in
+place, the recurrent state is updated in place (`inplace_final_state`) when it is a contiguous
+fp32 tensor, and no shape depends on data. The padding mask is applied by the layer's own module
+function `apply_mask_to_padding_states` (its semantics changed between versions).
+
+Each op family picks its backend from the module state: "gdn" (gating, chunked and recurrent
+delta rule), "conv" (prefill conv and decode update); the output norm is the layer's `norm`
+child, patched separately under the "norm" family.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from .. import ops
+from ..device import device_guard
+from .state import ModuleState, verify_outputs
+
+#: when set (a dict), every op call of a patched GDN layer / norm records (op, family, args, kwargs)
+#: here: the demo times the ops on the shapes a real forward produced.
+OP_RECORDER: contextvars.ContextVar[dict | None] = contextvars.ContextVar("interns2_fast_op_recorder", default=None)
+
+
+@contextlib.contextmanager
+def record_ops():
+    """Capture the first call of each (op, phase) made by patched layers: {key: (fn, args, kwargs, backend)}."""
+    calls: dict = {}
+    token = OP_RECORDER.set(calls)
+    try:
+        yield calls
+    finally:
+        OP_RECORDER.reset(token)
+
+
+def _clone_mutable(args, kwargs, mutable):
+    """Copies of args/kwargs with the tensors named in `mutable` (positions or names) cloned."""
+    args, kwargs = list(args), dict(kwargs)
+    clones = {}
+    for key in mutable:
+        if isinstance(key, int):
+            clones[key] = args[key] = args[key].clone()
+        elif kwargs.get(key) is not None:
+            clones[key] = kwargs[key] = kwargs[key].clone()
+    return args, kwargs, clones
+
+
+def call_op(state: ModuleState, family: str, fn, *args, mutable=(), **kwargs):
+    """Call `ops.<fn>` with the family's backend. `mutable`: args the op updates in place.
+
+    verify mode: the first call of each op in this module also runs the reference backend (on
+    copies of the in-place arguments) and compares outputs and updated states; beyond tolerance
+    the reference results are used (copied into the in-place arguments) and the module goes back
+    to the reference path after this call.
+    """
+    backend = state.backend(family)
+    name = fn.__name__
+    rec = OP_RECORDER.get()
+    if rec is not None:
+        phase = "decode" if (args and isinstance(args[0], torch.Tensor) and _seq_len(name, args[0]) == 1) else "prefill"
+        rec.setdefault((name, phase), (family, fn, args, kwargs, backend, mutable))
+    if not state.verify or name in state.verified or not state.active:
+        return fn(*args, backend=backend, **kwargs)
+    state.verified.add(name)
+    r_args, r_kwargs, clones = _clone_mutable(args, kwargs, mutable)
+    reference = fn(*r_args, backend="reference", **r_kwargs)
+    patched = fn(*args, backend=backend, **kwargs)
+    originals = {k: (args[k] if isinstance(k, int) else kwargs[k]) for k in clones}
+    got = [patched, *originals.values()]
+    want = [reference, *clones.values()]
+    if verify_outputs(state, name, got, want):
+        return patched
+    for key, clone in clones.items():
+        originals[key].copy_(clone)
+    # results that alias a clone (an in-place final state) must alias the caller's tensor instead
+    swap = {id(c): originals[k] for k, c in clones.items()}
+    if isinstance(reference, tuple):
+        return tuple(swap.get(id(r), r) if isinstance(r, torch.Tensor) else r for r in reference)
+    return swap.get(id(reference), reference)
+
+
+def _seq_len(name: str, x: torch.Tensor) -> int:
+    # conv ops take [B, D, T]; GDN ops [B, T, H, K]; the norm [N, V] (not phase-split)
+    if name.startswith("causal_conv1d"):
+        return x.shape[-1]
+    if x.dim() == 4:
+        return x.shape[1]
+    return -1
+
+
+def _fire_hooks(module, names, pre: bool):
+    # transformers 5.15+ wraps the layer's forward in force_accelerate_hooks("conv1d"): the conv weight is
+    # used directly, so accelerate's offload hook of that child must run around the forward.
+    for name in names:
+        child = getattr(module, name, None)
+        hook = getattr(child, "_hf_hook", None)
+        if hook is not None:
+            hook.pre_forward(child) if pre else hook.post_forward(child, None)
+
+
+def _mask_padding(state: ModuleState, hidden_states, attention_mask):
+    fn = state.extra.get("mask_fn")
+    if fn is not None:
+        return fn(hidden_states, attention_mask)
+    if attention_mask is not None:
+        return (hidden_states * attention_mask[:, :, None]).to(hidden_states.dtype)
+    return hidden_states
+
+
+def _project(self, hidden_states, layout):
+    B, T, _ = hidden_states.shape
+    if layout == "qwen3_5":
+        mixed_qkv = self.in_proj_qkv(hidden_states)
+        z = self.in_proj_z(hidden_states).reshape(B, T, -1, self.head_v_dim)
+        b = self.in_proj_b(hidden_states)
+        a = self.in_proj_a(hidden_states)
+    else:  # qwen3_next: interleaved per key-head groups, un-interleaved by the layer's own method
+        q, k, v, z, b, a = self.fix_query_key_value_ordering(self.in_proj_qkvz(hidden_states), self.in_proj_ba(hidden_states))
+        mixed_qkv = torch.cat([x.reshape(B, T, -1) for x in (q, k, v)], dim=-1)
+    return mixed_qkv.transpose(1, 2), z, b, a
+
+
+def _cache_protocol(cache) -> str | None:
+    if cache is None:
+        return "none"
+    if hasattr(cache, "get_conv_state") and hasattr(cache, "update_conv_state"):
+        return "layered"
+    if hasattr(cache, "conv_states") and hasattr(cache, "recurrent_states") and hasattr(cache, "has_previous_state"):
+        return "legacy"
+    return None
+
+
+def gdn_forward(self, state: ModuleState, hidden_states, cache_params=None, cache_position=None, attention_mask=None,
+                cache=None, **kwargs):
+    """Drop-in forward of a Gated DeltaNet layer (Qwen3.5 / Qwen3-Next / Intern-S2 layouts)."""
+    cache = cache if cache is not None else cache_params
+    protocol = _cache_protocol(cache)
+    if protocol is None:  # a cache this code does not know: leave the call to transformers
+        state.extra.setdefault("unknown_cache", type(cache).__name__)
+        params = state.extra.get("params", ())
+        kw = dict(kwargs, attention_mask=attention_mask)
+        if "cache_position" in params:
+            kw["cache_position"] = cache_position
+        kw["cache" if "cache" in params else "cache_params"] = cache
+        return state.original(hidden_states, **kw)
+    _fire_hooks(self, ("conv1d",), pre=True)
+    try:
+        with device_guard(hidden_states):
+            return _gdn_forward(self, state, protocol, hidden_states, cache, cache_position, attention_mask, kwargs)
+    finally:
+        _fire_hooks(self, ("conv1d",), pre=False)
+
+
+def _gdn_forward(self, state, protocol, hidden_states, cache, cache_position, attention_mask, kwargs):
+    hidden_states = _mask_padding(state, hidden_states, attention_mask)
+    B, T, _ = hidden_states.shape
+    i = self.layer_idx
+    W = self.conv1d.weight.shape[-1]
+    weight = self.conv1d.weight.squeeze(1)
+    bias = self.conv1d.bias
+    activation = self.activation if getattr(self, "activation", None) in ("silu", "swish") else "silu"
+
+    mixed_qkv, z, b, a = _project(self, hidden_states, state.extra["layout"])
+
+    conv_state = recurrent_state = None
+    if protocol == "legacy":
+        decode = cache.has_previous_state and T == 1 and cache_position is not None
+        conv_state, recurrent_state = cache.conv_states[i], cache.recurrent_states[i]
+        if decode:
+            mixed_qkv = call_op(state, "conv", ops.causal_conv1d_update, mixed_qkv, conv_state, weight, bias,
+                                activation, mutable=(1,))
+        else:
+            cache.conv_states[i] = F.pad(mixed_qkv, (W - mixed_qkv.shape[-1], 0))
+            mixed_qkv = call_op(state, "conv", ops.causal_conv1d_fn, mixed_qkv, weight, bias, activation=activation)
+        initial_state = recurrent_state if decode else None
+    elif protocol == "layered":
+        conv_state = cache.get_conv_state(i)
+        recurrent_state = cache.get_recurrent_state(i)
+        if conv_state is not None and T == 1 and not cache.is_recording_past(i):
+            mixed_qkv = call_op(state, "conv", ops.causal_conv1d_update, mixed_qkv, conv_state, weight, bias,
+                                activation, mutable=(1,))
+        else:
+            mixed_qkv = cache.update_conv_state(mixed_qkv, i, conv_kernel_size=W)
+            mixed_qkv = call_op(state, "conv", ops.causal_conv1d_fn, mixed_qkv, weight, bias, activation=activation)
+            mixed_qkv = mixed_qkv[:, :, -T:]
+        decode = recurrent_state is not None and T == 1
+        initial_state = recurrent_state
+    else:  # no cache
+        decode = False
+        mixed_qkv = call_op(state, "conv", ops.causal_conv1d_fn, mixed_qkv, weight, bias, activation=activation)
+        initial_state = None
+
+    mixed_qkv = mixed_qkv.transpose(1, 2)
+    query, key, value = torch.split(mixed_qkv, [self.head_k_dim * self.num_k_heads] * 2
+                                    + [self.head_v_dim * self.num_v_heads], dim=-1)
+    query = query.reshape(B, T, -1, self.head_k_dim)
+    key = key.reshape(B, T, -1, self.head_k_dim)
+    value = value.reshape(B, T, -1, self.head_v_dim)
+
+    g, beta = call_op(state, "gdn", ops.gdn_gating, self.A_log, a, self.dt_bias, b)
+    cu_seqlens = kwargs.pop("cu_seq_lens_q", None) if protocol == "layered" else None
+    want_state = cache is not None
+    if decode:
+        inplace = (initial_state is not None and initial_state.dtype == torch.float32
+                   and initial_state.is_contiguous() and cu_seqlens is None and want_state)
+        core, final_state = call_op(
+            state, "gdn", ops.fused_recurrent_gated_delta_rule, query, key, value, g, beta,
+            initial_state=initial_state, output_final_state=want_state, use_qk_l2norm_in_kernel=True,
+            cu_seqlens=cu_seqlens, inplace_final_state=inplace, mutable=("initial_state",) if inplace else (),
+        )
+    else:
+        if initial_state is not None and initial_state.dtype != torch.float32:
+            initial_state = initial_state.float()
+        core, final_state = call_op(
+            state, "gdn", ops.chunk_gated_delta_rule, query, key, value, g, beta,
+            initial_state=initial_state, output_final_state=want_state, use_qk_l2norm_in_kernel=True,
+            cu_seqlens=cu_seqlens,
+        )
+
+    if protocol == "legacy":
+        cache.recurrent_states[i] = final_state
+    elif protocol == "layered" and final_state is not recurrent_state:
+        cache.update_recurrent_state(final_state, i)
+
+    core = self.norm(core.reshape(-1, self.head_v_dim), z.reshape(-1, self.head_v_dim))
+    return self.out_proj(core.reshape(B, T, -1))
+
+
+def norm_forward(self, state: ModuleState, hidden_states, gate=None):
+    """Drop-in forward of a gated RMSNorm (norm before gate, SiLU gate)."""
+    with device_guard(hidden_states):
+        return call_op(state, "norm", ops.rms_norm_gated, hidden_states, gate, self.weight, self.variance_epsilon)
+
+
+def gdn_extra(module, layout: str) -> dict:
+    """What the patched forward needs to know about the module's transformers version (found at patch time)."""
+    import inspect
+
+    home = sys.modules.get(type(module).__module__)
+    mask_fn = getattr(home, "apply_mask_to_padding_states", None)
+    try:
+        params = tuple(inspect.signature(type(module).forward).parameters)
+    except (TypeError, ValueError):
+        params = ()
+    return {"layout": layout, "mask_fn": mask_fn if callable(mask_fn) else None, "params": params}

@@ -1,0 +1,74 @@
+"""Shared fixtures for the patching tests: tiny models of every family, quiet loading."""
+import os
+
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import transformers  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+from interns2_fast import models  # noqa: E402
+from interns2_fast.patching import unpatch  # noqa: E402
+
+hf_logging.disable_progress_bar()
+hf_logging.set_verbosity_error()
+
+_MODELS: dict = {}
+
+
+def tiny_model(family: str, dtype=torch.float32):
+    """A cached tiny model of `family` (unpatched on every hand-out)."""
+    key = (family, dtype)
+    if key not in _MODELS:
+        _MODELS[key] = models.build_causal_lm(family, dtype=dtype)
+    model = _MODELS[key]
+    unpatch(model)
+    return model
+
+
+@pytest.fixture
+def model_factory():
+    handed = []
+
+    def make(family, dtype=torch.float32):
+        m = tiny_model(family, dtype)
+        handed.append(m)
+        return m
+
+    yield make
+    for m in handed:
+        unpatch(m)
+
+
+def linear_layer_ids(model):
+    return [i for i, t in enumerate(model.config.layer_types) if t == "linear_attention"]
+
+
+def linear_states(cache, layer_ids):
+    """[(conv_state, recurrent_state)] of the linear-attention layers, whatever the cache protocol."""
+    out = []
+    for i in layer_ids:
+        if hasattr(cache, "get_conv_state"):
+            out.append((cache.get_conv_state(i), cache.get_recurrent_state(i)))
+        else:
+            out.append((cache.conv_states[i], cache.recurrent_states[i]))
+    return out
+
+
+def rms_ratio(out, ref):
+    out, ref = out.double(), ref.double()
+    return ((out - ref).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt()).item()
+
+
+TRANSFORMERS_VERSION = transformers.__version__
+
+
+@pytest.fixture
+def ph():
+    """Helpers for the patching tests (conftest functions are not importable under importlib mode)."""
+    import types
+
+    return types.SimpleNamespace(linear_states=linear_states, rms_ratio=rms_ratio, linear_layer_ids=linear_layer_ids,
+                                 tiny_model=tiny_model)
