@@ -1,0 +1,125 @@
+"""MoE hooks (interns2_fast.patching.moe) vs the installed transformers modules, whatever version
+is installed (run with both .venv = 5.2 and /tmp/vnew = 5.24).
+
+Tolerances (rms = rms(out - ref) / rms(ref)):
+
+| dtype | router (all slots)        | block / experts (torch, triton) | backend="reference" |
+|-------|---------------------------|----------------------------------|---------------------|
+| fp32  | exact (same ops)          | rms 1e-5                         | bit-identical       |
+| bf16  | exact (same ops)          | rms 3e-2                         | bit-identical       |
+"""
+import pytest
+import torch
+
+from interns2_fast.patching import moe as hooks
+
+H, E, K, I = 32, 8, 2, 16
+
+
+def _rms(out, ref):
+    out, ref = out.double(), ref.double()
+    return ((out - ref).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt()).item()
+
+
+def tiny_block(dtype=torch.float32, seed=0):
+    from transformers import Qwen3_5MoeTextConfig
+    from transformers.models.qwen3_5_moe.modeling_qwen3_5_moe import Qwen3_5MoeSparseMoeBlock
+
+    cfg = Qwen3_5MoeTextConfig(hidden_size=H, num_experts=E, num_experts_per_tok=K, moe_intermediate_size=I,
+                               shared_expert_intermediate_size=I, num_hidden_layers=1)
+    cfg._experts_implementation = "eager"
+    block = Qwen3_5MoeSparseMoeBlock(cfg)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        block.gate.weight.copy_(torch.randn(E, H, generator=g) * 0.5)  # distinct scores: no ties
+        block.experts.gate_up_proj.copy_(torch.randn(E, 2 * I, H, generator=g) * H ** -0.5)
+        block.experts.down_proj.copy_(torch.randn(E, H, I, generator=g) * I ** -0.5)
+        for lin in (block.shared_expert.gate_proj, block.shared_expert.up_proj, block.shared_expert.down_proj,
+                    block.shared_expert_gate):
+            lin.weight.copy_(torch.randn(lin.weight.shape, generator=g) * lin.weight.shape[1] ** -0.5)
+    return block.to(dtype).eval()
+
+
+DTYPES = [torch.float32, torch.bfloat16]
+TOL = {torch.float32: 1e-5, torch.bfloat16: 3e-2}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("T", [1, 7])
+def test_router_forward_equals_installed_router(dtype, T):
+    block = tiny_block(dtype)
+    x = torch.randn(T, H).to(dtype)
+    with torch.no_grad():
+        want = block.gate(x)
+        got = hooks.router_forward(block.gate, x, backend="torch")
+    assert len(got) == len(want) == 3
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype and a.shape == b.shape
+    torch.testing.assert_close(got[0], want[0], rtol=0, atol=0)
+    torch.testing.assert_close(got[1], want[1], rtol=1e-6, atol=1e-7)
+    assert torch.equal(got[2], want[2])
+
+
+def test_router_semantics_probe_matches_behaviour():
+    block = tiny_block()
+    x = torch.randn(3, H)
+    with torch.no_grad():
+        first = block.gate(x)[0]
+    returns_probs = bool(torch.allclose(first.sum(-1), torch.ones(3)) and (first >= 0).all())
+    assert hooks.router_semantics(block.gate) == returns_probs
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+@pytest.mark.parametrize("B,L", [(1, 1), (2, 40)])
+def test_sparse_block_forward_equals_installed_block(backend, dtype, B, L):
+    if backend == "triton":
+        pytest.importorskip("triton")
+    block = tiny_block(dtype)
+    x = torch.randn(B, L, H).to(dtype)
+    with torch.no_grad():
+        want = block(x)
+        got = hooks.sparse_moe_block_forward(block, x, backend=backend)
+    assert type(got) is type(want) and got.shape == want.shape and got.dtype == want.dtype
+    assert _rms(got, want) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+def test_sparse_block_reference_backend_is_bit_identical(dtype):
+    block = tiny_block(dtype)
+    x = torch.randn(2, 5, H).to(dtype)
+    with torch.no_grad():
+        assert torch.equal(hooks.sparse_moe_block_forward(block, x, backend="reference"), block(x))
+
+
+def test_block_backend_from_module_attribute():
+    block = tiny_block()
+    block.interns2_fast_backend = "reference"
+    x = torch.randn(1, 3, H)
+    with torch.no_grad():
+        assert torch.equal(hooks.sparse_moe_block_forward(block, x), block(x))
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+def test_registered_experts_implementation(backend, dtype):
+    if backend == "triton":
+        pytest.importorskip("triton")
+    from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
+
+    assert hooks.register_experts_implementation() == "interns2_fast"
+    assert ALL_EXPERTS_FUNCTIONS["interns2_fast"] is hooks.experts_forward
+    block = tiny_block(dtype)
+    experts = block.experts
+    x = torch.randn(40, H).to(dtype)
+    with torch.no_grad():
+        _, w, ids = block.gate(x)
+        want = experts(x, ids, w)  # eager
+        experts.config._experts_implementation = "interns2_fast"
+        experts.interns2_fast_backend = backend
+        try:
+            got = experts(x, ids, w)
+        finally:
+            experts.config._experts_implementation = "eager"
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert _rms(got, want) <= TOL[dtype]
