@@ -176,6 +176,20 @@ def fused_recurrent_gated_delta_rule_with_gating(
 register("chunk_gated_delta_rule", "reference")(reference.chunk_gated_delta_rule)
 
 
+@register("chunk_gated_delta_rule", "torch")
+def _chunk_gated_delta_rule_torch(*args, **kwargs):
+    from ..torch_impl import gdn_chunk
+
+    return gdn_chunk.chunk_gated_delta_rule(*args, **kwargs)
+
+
+@register("chunk_gated_delta_rule", "triton")
+def _chunk_gated_delta_rule_triton(*args, **kwargs):
+    from ..kernels import gdn_chunk  # lazy: importing interns2_fast never needs Triton
+
+    return gdn_chunk.chunk_gated_delta_rule(*args, **kwargs)
+
+
 register("fused_recurrent_gated_delta_rule", "reference")(reference.fused_recurrent_gated_delta_rule)
 
 
