@@ -41,40 +41,41 @@ def moe_route(hidden: torch.Tensor, weight: torch.Tensor, top_k: int, *, renorma
 
 
 def moe_align(topk_ids: torch.Tensor, num_experts: int, block_size: int):
-    """The routing plan of `topk_ids` [T, k] (see `interns2_fast.ops.moe.RoutingPlan`)."""
+    """The routing plan of `topk_ids` [T, k] (see `interns2_fast.ops.moe.RoutingPlan`).
+
+    counts by scatter_add, padded offsets by cumsum, a stable sort of the expert ids for the slot
+    order, row = padded start + rank inside the expert, scatters for sorted_slots and its inverse,
+    searchsorted for block_expert. About 20 small ops, none reading data back to the host.
+    """
     from ..ops.moe import RoutingPlan, moe_align_max_rows
 
     dev = topk_ids.device
+    i32 = torch.int32
     n = topk_ids.numel()
-    rows = moe_align_max_rows(n, num_experts, block_size)
-    ids = topk_ids.reshape(-1).to(torch.int64)
+    E = num_experts
+    rows = moe_align_max_rows(n, E, block_size)
+    ids = topk_ids.reshape(n).long()
 
-    counts = torch.zeros(num_experts, dtype=torch.int64, device=dev)
-    counts.scatter_add_(0, ids, torch.ones_like(ids))
+    counts = torch.zeros(E, dtype=i32, device=dev).scatter_add_(0, ids, torch.ones(1, dtype=i32, device=dev).expand(n))
     padded = torch.div(counts + (block_size - 1), block_size, rounding_mode="floor") * block_size
-    offsets = torch.zeros(num_experts + 1, dtype=torch.int64, device=dev)
+    offsets = torch.zeros(E + 1, dtype=i32, device=dev)
     torch.cumsum(padded, 0, out=offsets[1:])
-    starts = torch.cumsum(counts, 0) - counts  # unpadded start of each expert in sorted order
+    # row of the r-th slot of expert e = offsets[e] + r = (offsets[e] - unpadded start of e) + sorted position
+    shift = offsets[:E] - (torch.cumsum(counts, 0, dtype=i32) - counts)
 
-    # Stable sort by expert: within an expert, slots stay in ascending slot order.
-    sorted_ids, order = torch.sort(ids, stable=True)
-    pos = torch.arange(n, dtype=torch.int64, device=dev)
-    row_of_sorted = offsets[sorted_ids] + (pos - starts[sorted_ids])
+    # Stable sort by expert: within an expert, slots stay in ascending slot order. (Sorted as a
+    # [1, n] row: a 1-D integer sort takes torch's parallel radix path on the CPU, which stalls for
+    # hundreds of ms when the cores are oversubscribed.)
+    sorted_ids, order = torch.sort(ids.view(1, n), dim=1, stable=True)
+    order = order.view(n)
+    row = torch.index_select(shift, 0, sorted_ids.view(n)) + torch.arange(n, dtype=i32, device=dev)
 
-    sorted_slots = torch.full((rows,), n, dtype=torch.int32, device=dev)
-    sorted_slots.scatter_(0, row_of_sorted, order.to(torch.int32))
-    slot_rows = torch.empty(n, dtype=torch.int32, device=dev)
-    slot_rows.scatter_(0, order, row_of_sorted.to(torch.int32))
+    sorted_slots = torch.full((rows,), n, dtype=i32, device=dev).scatter_(0, row.long(), order.to(i32))
+    slot_rows = torch.empty(n, dtype=i32, device=dev).scatter_(0, order, row)
 
-    num_rows = offsets[num_experts:]
-    block_start = torch.arange(0, rows, block_size, dtype=torch.int64, device=dev)
-    block_expert = torch.searchsorted(offsets[1:], block_start, right=True)
-    block_expert = torch.where(block_start < num_rows, block_expert, torch.full_like(block_expert, -1))
-    return RoutingPlan(
-        sorted_slots=sorted_slots,
-        block_expert=block_expert.to(torch.int32),
-        num_rows=num_rows.to(torch.int32),
-        expert_counts=counts.to(torch.int32),
-        expert_offsets=offsets.to(torch.int32),
-        slot_rows=slot_rows,
-    )
+    num_rows = offsets[E:]
+    block_start = torch.arange(0, rows, block_size, dtype=i32, device=dev)
+    block_expert = torch.searchsorted(offsets[1:], block_start, right=True, out_int32=True)
+    block_expert.masked_fill_(block_start >= num_rows, -1)
+    return RoutingPlan(sorted_slots=sorted_slots, block_expert=block_expert, num_rows=num_rows,
+                       expert_counts=counts, expert_offsets=offsets, slot_rows=slot_rows)
