@@ -1,0 +1,143 @@
+"""End to end: a full-width Intern-S2 stack, the transformers reference vs `interns2_fast.patch`.
+
+The model is `interns2_fast.models.build_full_width_stack` — N full-width Intern-S2 layers (BRIEF §2:
+hidden 2048, 16/32 linear-attention heads of 128, 256 experts top-8 with a shared expert; default
+N = 4: three linear-attention layers and one full-attention layer) with random weights and a
+1024-token vocabulary. Every case is measured for each model variant (interns2_fast.bench.model_variant):
+
+  reference        transformers as installed (its default experts implementation)
+  reference-eager  experts_implementation="eager" (the per-expert Python loop; full runs only)
+  patched          interns2_fast.patch(model, backend="auto")
+
+* prefill: one forward over [1, T] tokens with a fresh cache (what `generate` does first);
+  T in {512, 2048} on the CPU, {512, 2048, 8192} on accelerators; quick: {512}.
+* decode: `STEPS` greedy steps at batch B after a `PROMPT`-token prefill (the prefill is set-up,
+  untimed); B in {1, 8}; quick: {1}. extra_info["tokens_per_s"] = B * STEPS / median.
+* peak memory, measured in one extra untimed call: extra_info["peak_mem_bytes"] = the peak of tensor
+  memory allocated during the call above what was live before it (the weights excluded);
+  extra_info["peak_mem_method"] says how (torch.cuda.max_memory_allocated on CUDA, torch.profiler's
+  allocation events on the CPU).
+
+Environment: INTERNS2_BENCH_LAYERS (default 4), INTERNS2_BENCH_PREFILL_T ("512,2048"),
+INTERNS2_BENCH_DECODE_B ("1,8"), INTERNS2_BENCH_DECODE_STEPS, plus the suite-wide ones in conftest.py.
+Memory: the 4-layer stack holds ~3.3 G parameters (13 GB in fp32, 6.5 GB in bf16).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import pytest
+import torch
+
+from interns2_fast import bench as _bench
+
+QUICK = _bench.is_quick()
+DEVICE = _bench.select_device()
+DTYPE = _bench.select_dtype(DEVICE)
+NUM_LAYERS = int(os.environ.get("INTERNS2_BENCH_LAYERS", "4"))
+VOCAB = 1024
+
+
+def _ints(env: str, default: list[int]) -> list[int]:
+    value = os.environ.get(env)
+    return [int(x) for x in value.split(",") if x.strip()] if value else default
+
+
+if QUICK:
+    PREFILL_T = _ints("INTERNS2_BENCH_PREFILL_T", [512])
+    DECODE_B = _ints("INTERNS2_BENCH_DECODE_B", [1])
+    DECODE_STEPS = int(os.environ.get("INTERNS2_BENCH_DECODE_STEPS", "4"))
+    PROMPT = 16
+    ROUNDS = 2
+else:
+    PREFILL_T = _ints("INTERNS2_BENCH_PREFILL_T", [512, 2048] if DEVICE.type == "cpu" else [512, 2048, 8192])
+    DECODE_B = _ints("INTERNS2_BENCH_DECODE_B", [1, 8])
+    DECODE_STEPS = int(os.environ.get("INTERNS2_BENCH_DECODE_STEPS", "8" if DEVICE.type == "cpu" else "32"))
+    PROMPT = 128
+    ROUNDS = 3 if DEVICE.type == "cpu" else 10
+
+PREFILL_VARIANTS = ["reference", "patched"] if QUICK else ["reference", "reference-eager", "patched"]
+DECODE_VARIANTS = ["reference", "reference-eager", "patched"]
+SHAPE = f"full-width {NUM_LAYERS} layers"
+
+
+@pytest.fixture(scope="module")
+def stack():
+    model = _bench_model()
+    yield model
+    del model
+
+
+def _bench_model():
+    from interns2_fast.models import build_full_width_stack
+
+    return build_full_width_stack(NUM_LAYERS, vocab_size=VOCAB, dtype=DTYPE, device=DEVICE)
+
+
+def _tokens(batch: int, length: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, VOCAB, (batch, length), generator=gen).to(DEVICE)
+
+
+def _prefill(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids, use_cache=True, logits_to_keep=1)
+
+
+def _decode(model, cache, tok, steps: int):
+    with torch.no_grad():
+        for _ in range(steps):
+            out = model(input_ids=tok, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            tok = out.logits[:, -1:].argmax(-1)
+    return tok
+
+
+def _median(benchmark) -> float | None:
+    stats = getattr(benchmark, "stats", None)
+    inner = getattr(stats, "stats", None)
+    return getattr(inner, "median", None)
+
+
+def _enter_variant(exits: contextlib.ExitStack, model, variant: str) -> dict:
+    try:
+        return exits.enter_context(_bench.model_variant(model, variant))
+    except NotImplementedError as exc:  # interns2_fast.patch not in this checkout
+        pytest.skip(str(exc))
+
+
+@pytest.mark.parametrize("T", PREFILL_T, ids=lambda t: f"T{t}")
+@pytest.mark.parametrize("variant", PREFILL_VARIANTS)
+def test_prefill(benchmark, stack, variant, T):
+    ids = _tokens(1, T, seed=T)
+    _bench.label(benchmark, op="e2e prefill", shape=f"{SHAPE} B=1 T={T}", backend=variant, device=DEVICE,
+                 dtype=DTYPE, seq_len=T, batch=1, layers=NUM_LAYERS)
+    with contextlib.ExitStack() as exits:
+        info = _enter_variant(exits, stack, variant)
+        benchmark.pedantic(_prefill, args=(stack, ids), rounds=ROUNDS, warmup_rounds=1, iterations=1)
+        peak, method = _bench.peak_memory(lambda: _prefill(stack, ids), DEVICE)
+    median = _median(benchmark)
+    benchmark.extra_info.update(info, peak_mem_bytes=peak, peak_mem_method=method,
+                                tokens_per_s=(T / median) if median else None)
+
+
+@pytest.mark.parametrize("B", DECODE_B, ids=lambda b: f"B{b}")
+@pytest.mark.parametrize("variant", DECODE_VARIANTS)
+def test_decode(benchmark, stack, variant, B):
+    prompt = _tokens(B, PROMPT, seed=B)
+    _bench.label(benchmark, op="e2e decode", shape=f"{SHAPE} B={B} context={PROMPT}", backend=variant,
+                 device=DEVICE, dtype=DTYPE, batch=B, steps=DECODE_STEPS, layers=NUM_LAYERS)
+
+    def setup():
+        out = _prefill(stack, prompt)
+        _bench.synchronize(DEVICE)
+        return (stack, out.past_key_values, out.logits[:, -1:].argmax(-1), DECODE_STEPS), {}
+
+    with contextlib.ExitStack() as exits:
+        info = _enter_variant(exits, stack, variant)
+        benchmark.pedantic(_decode, setup=setup, rounds=ROUNDS, warmup_rounds=1)
+        (model, cache, tok, steps), _ = setup()
+        peak, method = _bench.peak_memory(lambda: _decode(model, cache, tok, steps), DEVICE)
+    median = _median(benchmark)
+    benchmark.extra_info.update(info, peak_mem_bytes=peak, peak_mem_method=method,
+                                tokens_per_s=(B * DECODE_STEPS / median) if median else None)
