@@ -257,7 +257,7 @@ def moe_align(topk_ids: torch.Tensor, num_experts: int, block_size: int):
 
 # Production: E = 256, k = 8, H = 2048, bf16 hidden; T (and so n = 8 T) is a runtime value.
 _E, _K, _H = 256, 8, 2048
-_ALIGN_BLOCK_SIZES = (64,)
+_ALIGN_BLOCK_SIZES = (16, 32, 64)  # kernels/moe_experts.block_size_for picks one of these
 
 LOWERING_CONFIGS = [
     LoweringConfig(

@@ -1,0 +1,114 @@
+"""MoE routing at Intern-S2 shapes: E = 256 experts, top-8, H = 2048.
+
+    .venv/bin/pytest benchmarks/ops/bench_moe_routing.py --benchmark-only -p no:xdist
+    INTERNS2_BENCH_QUICK=1 .venv/bin/pytest benchmarks/ops/bench_moe_routing.py --benchmark-only -p no:xdist
+
+* `moe_route` — router logits, fp32 softmax, top-8, renormalise; T in {1, 4096} (QUICK {1, 512}).
+  Backends: reference (the installed transformers router), torch, triton (CUDA/NPU only).
+* `moe_route+align` — the router plus the routing plan (`moe_align`, block size 64) that the grouped
+  expert GEMMs consume. The reference backend has no plan (its eager expert loop syncs with
+  `nonzero` instead); its row in this group is the router plus that host-synced loop's own
+  bookkeeping (one-hot mask + nonzero per hit expert), so the ratio is what replacing one with the
+  other buys.
+fp32 on the CPU, bf16 elsewhere.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from interns2_fast import device as _device
+from interns2_fast import ops
+
+QUICK = os.environ.get("INTERNS2_BENCH_QUICK") == "1"
+
+E, K, H = 256, 8, 2048
+BLOCK_SIZE = 64
+TOKENS = [1, 512] if QUICK else [1, 4096]
+BACKENDS = ["reference", "torch", "triton"]
+
+
+def _device_and_dtype():
+    try:
+        from interns2_fast.bench import select_device, select_dtype
+    except ImportError:
+        name = os.environ.get("INTERNS2_BENCH_DEVICE")
+        dev = torch.device(name) if name else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return dev, (torch.float32 if dev.type == "cpu" else torch.bfloat16)
+    dev = select_device()
+    return dev, select_dtype(dev)
+
+
+DEVICE, DTYPE = _device_and_dtype()
+
+
+def _sync():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+    elif DEVICE.type == "npu":
+        torch.npu.synchronize(DEVICE)  # type: ignore[attr-defined]
+
+
+def _inputs(T):
+    g = torch.Generator(device="cpu").manual_seed(T)
+    hidden = torch.randn(T, H, generator=g).to(DEVICE, DTYPE)
+    weight = (torch.randn(E, H, generator=g) * H**-0.5).to(DEVICE, DTYPE)
+    return hidden, weight
+
+
+def _skip_unavailable(backend):
+    if backend == "triton" and not (DEVICE.type != "cpu" and _device.triton_usable(DEVICE)):
+        pytest.skip("triton: needs a CUDA/NPU device (the CPU interpreter is no fast path)")
+
+
+def _label(benchmark, op, T, backend):
+    shape = f"T={T} E={E} k={K} H={H}" + (f" bs={BLOCK_SIZE}" if "align" in op else "")
+    benchmark.group = f"{op} {shape}"
+    benchmark.extra_info.update(op=op, shape=shape, backend=backend, device=str(DEVICE),
+                                dtype=str(DTYPE).replace("torch.", ""))
+
+
+def _run(benchmark, fn, T):
+    fn()
+    _sync()
+    rounds = 5 if (DEVICE.type == "cpu" and T >= 512) else 50
+    benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("T", TOKENS)
+def test_moe_route(benchmark, backend, T):
+    _skip_unavailable(backend)
+    _label(benchmark, "moe_route", T, backend)
+    hidden, weight = _inputs(T)
+    _run(benchmark, lambda: ops.moe_route(hidden, weight, K, backend=backend), T)
+
+
+def _reference_bookkeeping(ids):
+    """What transformers' eager expert loop does before its GEMMs: a one-hot expert mask and a
+    host-synced list of hit experts, then a nonzero per hit expert."""
+    mask = torch.nn.functional.one_hot(ids, num_classes=E).permute(2, 1, 0)
+    hit = torch.greater(mask.sum(dim=(-1, -2)), 0).nonzero()
+    out = []
+    for e in hit:
+        out.append(torch.where(mask[e[0]]))
+    return out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("T", TOKENS)
+def test_moe_route_align(benchmark, backend, T):
+    _skip_unavailable(backend)
+    _label(benchmark, "moe_route+align", T, backend)
+    hidden, weight = _inputs(T)
+    if backend == "reference":
+        def fn():
+            _, _, ids = ops.moe_route(hidden, weight, K, backend="reference")
+            return _reference_bookkeeping(ids)
+    else:
+        def fn():
+            _, _, ids = ops.moe_route(hidden, weight, K, backend=backend)
+            return ops.moe_align(ids, E, BLOCK_SIZE, backend=backend)
+    _run(benchmark, fn, T)
