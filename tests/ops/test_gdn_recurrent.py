@@ -5,12 +5,16 @@ Tolerances (rms = rms(out - ref) / rms(ref); max = max |out - ref|), for outputs
 
 | inputs   | vs transformers fallback | vs float64 recurrence |
 |----------|--------------------------|-----------------------|
-| fp32     | rms 2e-5, max 2e-4       | rms 2e-5, max 2e-4    |
+| fp32     | rms 2e-6, max 2e-5       | rms 2e-6, max 2e-5    |
 | bf16     | rms 1e-2, max 5e-2       | rms 1e-2, max 5e-2    |
-| fp16     | rms 2e-3, max 1e-2       | rms 2e-3, max 1e-2    |
+| fp16     | rms 1e-3, max 1e-2       | rms 1e-3, max 1e-2    |
+(max is relative to max(1, max |ref|).)
 
 bf16/fp16 errors are dominated by rounding o to the input dtype (bf16: 2^-9 relative) and, in
-transformers 5.2, by its l2norm computed in the input dtype; states are fp32 everywhere.
+transformers 5.2, by its l2norm computed in the input dtype; states are fp32 everywhere. Measured
+worst cases (rms, o vs float64): torch bf16 1.8e-3, fp16 2.4e-4, fp32 1.7e-7. The bf16 row is
+loose for Triton: triton-ascend's interpreter converts fp32 -> bf16 by truncation, not
+round-to-nearest (o vs float64 3.9e-3 under the interpreter; devices round to nearest).
 Triton runs under TRITON_INTERPRET=1 on small shapes.
 """
 import pytest
@@ -21,9 +25,9 @@ from interns2_fast import ops
 from interns2_fast.ops import _dispatch
 
 TOL = {
-    torch.float32: (2e-5, 2e-4),
+    torch.float32: (2e-6, 2e-5),
     torch.bfloat16: (1e-2, 5e-2),
-    torch.float16: (2e-3, 1e-2),
+    torch.float16: (1e-3, 1e-2),
 }
 BACKENDS = ["torch", "triton"]
 
@@ -102,6 +106,7 @@ CASES = [
     (1, 5, 2, 4, 48, True, True),
     (3, 5, 1, 2, 32, True, False),
     (1, 2, 2, 2, 64, True, True),
+    (3, 1, 2, 2, 48, False, False),
 ]
 
 
