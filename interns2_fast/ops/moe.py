@@ -16,7 +16,12 @@ def moe_route(
     """Router: logits = hidden @ weight^T; fp32 softmax; top-k; renormalise the k weights to sum 1.
 
     hidden [T, H]; weight [E, H]. Returns (logits [T, E] in hidden's dtype, topk_weights [T, k]
-    fp32, topk_ids [T, k] int64), ids ordered by descending probability as torch.topk orders them.
+    fp32, topk_ids [T, k] int64), ids ordered by descending probability.
+
+    Ties (equal fp32 probabilities, common with bf16 logits): the torch and triton backends pick
+    the LOWER expert id first, deterministically. The reference backend is torch.topk, whose order
+    among equal values is unspecified (on the CPU it is not lowest-id first), so on tied inputs the
+    reference may select other, equally probable experts.
     """
     op = "moe_route"
     check_tensor(op, "hidden", hidden, ndim=2)
