@@ -1,0 +1,118 @@
+"""MoE experts (gate_up GEMM -> SwiGLU -> down GEMM -> weighted combine) at Intern-S2 shapes:
+E = 256 experts, top-8, H = 2048, I = 512; T tokens in {1, 8, 512, 4096} (QUICK: {1, 8, 512}).
+
+    .venv/bin/pytest benchmarks/ops/bench_moe_experts.py --benchmark-only -p no:xdist
+    INTERNS2_BENCH_QUICK=1 .venv/bin/pytest benchmarks/ops/bench_moe_experts.py --benchmark-only -p no:xdist
+
+Backends: reference (transformers' eager loop over hit experts), torch, triton (CUDA/NPU only),
+and on CUDA transformers' `grouped_mm` experts implementation ("hf_grouped_mm") when it imports.
+fp32 on the CPU, bf16 elsewhere. Routing is random top-8 of 256 (each token 8 distinct experts),
+weights renormalised; the same inputs for every backend of a shape.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from interns2_fast import device as _device
+from interns2_fast import ops
+
+QUICK = os.environ.get("INTERNS2_BENCH_QUICK") == "1"
+
+E, K, H, I = 256, 8, 2048, 512
+TOKENS = [1, 8, 512] if QUICK else [1, 8, 512, 4096]
+BACKENDS = ["reference", "torch", "triton", "hf_grouped_mm"]
+
+
+def _device_and_dtype():
+    try:
+        from interns2_fast.bench import select_device, select_dtype
+    except ImportError:
+        name = os.environ.get("INTERNS2_BENCH_DEVICE")
+        dev = torch.device(name) if name else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return dev, (torch.float32 if dev.type == "cpu" else torch.bfloat16)
+    dev = select_device()
+    return dev, select_dtype(dev)
+
+
+DEVICE, DTYPE = _device_and_dtype()
+_WEIGHTS: dict = {}
+
+
+def _weights():
+    if "w" not in _WEIGHTS:
+        g = torch.Generator(device="cpu").manual_seed(0)
+        gu = (torch.randn(E, 2 * I, H, generator=g) * H ** -0.5).to(DEVICE, DTYPE)
+        dn = (torch.randn(E, H, I, generator=g) * I ** -0.5).to(DEVICE, DTYPE)
+        _WEIGHTS["w"] = (gu, dn)
+    return _WEIGHTS["w"]
+
+
+def _inputs(T):
+    g = torch.Generator(device="cpu").manual_seed(T)
+    hidden = torch.randn(T, H, generator=g).to(DEVICE, DTYPE)
+    ids = torch.rand(T, E, generator=g).argsort(dim=-1)[:, :K].to(DEVICE)
+    w = torch.rand(T, K, generator=g) + 0.05
+    w = (w / w.sum(-1, keepdim=True)).to(DEVICE)
+    return hidden, ids, w
+
+
+def _sync():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+    elif DEVICE.type == "npu":
+        torch.npu.synchronize(DEVICE)  # type: ignore[attr-defined]
+
+
+def _hf_grouped_mm():
+    """transformers' grouped_mm experts implementation bound to a stand-in experts module."""
+    from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
+
+    fn = ALL_EXPERTS_FUNCTIONS["grouped_mm"]
+    gu, dn = _weights()
+    mod = torch.nn.Module()
+    for name, value in dict(num_experts=E, has_bias=False, is_transposed=False, has_gate=True,
+                            has_post_expert_norm=False, is_concatenated=True, _is_expert_parallel=False).items():
+        object.__setattr__(mod, name, value)
+    object.__setattr__(mod, "gate_up_proj", gu)
+    object.__setattr__(mod, "down_proj", dn)
+    from transformers.activations import ACT2FN
+
+    object.__setattr__(mod, "act_fn", ACT2FN["silu"])
+
+    def apply_gate(x):
+        g, u = x.chunk(2, dim=-1)
+        return mod.act_fn(g) * u
+
+    object.__setattr__(mod, "_apply_gate", apply_gate)
+    return lambda h, i, w: fn(mod, h, i, w)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("T", TOKENS)
+def test_moe_experts(benchmark, backend, T):
+    if backend == "triton" and not (DEVICE.type != "cpu" and _device.triton_usable(DEVICE)):
+        pytest.skip("triton: needs a CUDA/NPU device (the CPU interpreter is no fast path)")
+    if backend == "hf_grouped_mm" and DEVICE.type != "cuda":
+        pytest.skip("hf_grouped_mm: CUDA only (torch's CPU grouped_mm is a naive kernel)")
+    shape = f"T={T} E={E} k={K} H={H} I={I}"
+    benchmark.group = f"moe_experts {shape}"
+    benchmark.extra_info.update(op="moe_experts", shape=shape, backend=backend, device=str(DEVICE),
+                                dtype=str(DTYPE).replace("torch.", ""))
+    gu, dn = _weights()
+    hidden, ids, w = _inputs(T)
+    if backend == "hf_grouped_mm":
+        try:
+            impl = _hf_grouped_mm()
+            impl(hidden, ids, w.to(DTYPE))
+        except Exception as exc:  # noqa: BLE001 - not available on this torch / transformers
+            pytest.skip(f"hf_grouped_mm unavailable: {exc}")
+        run = lambda: impl(hidden, ids, w.to(DTYPE))  # noqa: E731
+    else:
+        run = lambda: ops.moe_experts(hidden, ids, w, gu, dn, backend=backend)  # noqa: E731
+    rounds = 2 if (DEVICE.type == "cpu" and T >= 512) else 5
+    run()
+    _sync()
+    benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=0)
