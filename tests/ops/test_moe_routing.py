@@ -142,6 +142,24 @@ def test_route_ties_go_to_lower_expert_id(backend):
                 assert lo in row and row.index(lo) < row.index(hi), row
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_route_many_ties_backends_agree(dtype):
+    """Small-integer logits: most rows have ties straddling the k-th place. torch and triton agree
+    exactly, both follow the rule, and the reference selects equally probable experts."""
+    g = torch.Generator().manual_seed(7)
+    T, E, H, k = 20, 16, 32, 8
+    hidden = torch.randint(-1, 2, (T, H), generator=g).to(dtype)
+    weight = (torch.randint(-1, 2, (E, H), generator=g) * (torch.rand(E, H, generator=g) < 0.15)).to(dtype)
+    out = {b: moe_route(hidden, weight, k, backend=b) for b in ("torch", "triton", "reference")}
+    assert torch.equal(out["torch"][0], out["triton"][0])
+    assert torch.equal(out["torch"][2], out["triton"][2])
+    _close(out["triton"][1], out["torch"][1], W_FORMULA, "weights triton vs torch")
+    f_w, f_ids = _rule_topk(out["torch"][0], k)
+    assert torch.equal(out["torch"][2], f_ids)
+    p = torch.softmax(out["reference"][0].double(), -1)
+    _close(p.gather(1, out["torch"][2]), p.gather(1, out["reference"][2]), TOL[dtype]["w_ref"], "selected probs")
+
+
 def test_route_ties_torch_topk_is_not_lowest_id_on_cpu():
     """Why the rule is documented rather than borrowed: torch.topk's tie order is implementation-specific."""
     _, ids = torch.topk(torch.zeros(1, 8), 8)
