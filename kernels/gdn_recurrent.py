@@ -3,7 +3,8 @@
 Per value head h (key head h // (Hv // Hk): grouped value attention read natively, q/k never
 repeated) and per [K, BV] tile of the fp32 state:
     S <- exp(g_t) S;   S <- S + k_t (beta_t (v_t - S^T k_t))^T;   o_t = S^T (scale q_t)
-for each token of the sequence, the state tile staying on chip between tokens. Vector-only
+for each token of the sequence, the state tile staying on chip between tokens. The step runs as
+two reductions over the old state (S^T k, S^T q) and one fused update pass. Vector-only
 (no tl.dot) on a persistent grid over the vector cores; tasks are (sequence, value head, V tile).
 Options: q/k L2 norm in the kernel, packed sequences (cu_seqlens), initial state in, final state
 out or written back in place, and the gating fused in (raw a, b, A_log, dt_bias instead of g, beta;
@@ -94,10 +95,14 @@ def gdn_recurrent_kernel(
                 q = q * tl.rsqrt(tl.sum(q * q, axis=0) + 1e-6)
                 k = k * tl.rsqrt(tl.sum(k * k, axis=0) + 1e-6)
             q = q * scale
-            h = h * tl.exp(g)
-            delta = (v - tl.sum(h * k[:, None], axis=0)) * beta
-            h = h + k[:, None] * delta[None, :]
-            o = tl.sum(h * q[:, None], axis=0)
+            # Both reductions read the state before the token; decay and rank-1 update are then
+            # one pass: S_new = d S + k delta^T, o = S_new^T q = d (S^T q) + (q . k) delta.
+            decay = tl.exp(g)
+            k_s = tl.sum(h * k[:, None], axis=0)
+            q_s = tl.sum(h * q[:, None], axis=0)
+            delta = (v - decay * k_s) * beta
+            o = decay * q_s + tl.sum(q * k, axis=0) * delta
+            h = h * decay + k[:, None] * delta[None, :]
             tl.store(o_ptr + ((o_row + t64) * Hv + hv64) * V + offs_v, o.to(o_ptr.dtype.element_ty), mask=mask_v)
         if STORE_HT:
             tl.store(ht_ptr + state_off, h, mask=mask_h)
