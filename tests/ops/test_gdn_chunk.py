@@ -23,6 +23,9 @@ import torch.nn.functional as F
 
 from interns2_fast import ops
 
+# The Triton interpreter converts 1-element arrays to loop indices (numpy 1.25+ warns).
+pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
+
 OP = "chunk_gated_delta_rule"
 TOL = {
     torch.float32: (2e-5, 2e-4),

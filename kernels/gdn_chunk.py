@@ -1,0 +1,267 @@
+"""Chunked gated delta rule (prefill), chunk 64: two Triton kernels + launcher.
+
+Per value head h with state S in R^{K x V} (fp32):
+    S <- exp(g_t) S;   S <- S + k_t (beta_t (v_t - S^T k_t))^T;   o_t = S^T (scale q_t)
+Value head h reads key head h // (Hv // Hk) (grouped value attention, no repeated q/k copy).
+
+Chunked form, per chunk of BT = 64 tokens with gc = cumsum(g) inside the chunk:
+  A  = strictly-lower(beta_i k_i.k_j exp(gc_i - gc_j));   T = (I + A)^-1
+  w  = T (beta exp(gc) k),  u = T (beta v)
+  v' = u - w S;  o = (scale q exp(gc)) S + (scale q k^T exp(gc_i - gc_j))_{j<=i} v'
+  S  <- exp(gc_last) S + (k exp(gc_last - gc))^T v'
+
+Launches:
+  1. `_gdn_chunk_prep_kernel`, one task per (chunk, key head): K K^T once per key head, then for
+     each of its G value heads the gate cumsum, the decayed beta K K^T, (I + A)^-1 by forward
+     substitution in registers, and w, u (fp32 workspaces [Hv, T, K] / [Hv, T, V]).
+  2. `_gdn_chunk_fwd_kernel`, one task per (sequence, value head, V tile): the sequential pass
+     over the sequence's chunks with the state slice S[:, V tile] in registers, writing o and
+     the final state.
+Both use persistent grids (cube cores: they use tl.dot) with the task loop inside.
+
+Chunks never cross sequence boundaries: with `cu_seqlens` the launcher builds the chunk list
+(sequence, chunk index) on the host, which reads `cu_seqlens` once (one host sync, prefill only).
+Without `cu_seqlens` the B sequences of length T are treated as packed (no sync).
+g and beta are transposed on the host to [Hv, T_total] fp32 so that the kernels read them stride-1.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from interns2_fast.device import device_guard, persistent_grid
+
+from . import LoweringConfig
+
+OP = "chunk_gated_delta_rule[triton]"
+BT = 64  # chunk size
+MAX_HEAD_DIM = 256
+
+
+@triton.jit
+def _gdn_chunk_prep_kernel(
+    k_ptr, v_ptr, g_ptr, beta_ptr, cu_ptr, chunks_ptr, w_ptr, u_ptr,
+    total_t, num_tasks,
+    HK: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, USE_L2: tl.constexpr,
+):
+    HV: tl.constexpr = HK * G
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    rows = tl.arange(0, BT)
+    cols_k = tl.arange(0, BK)
+    cols_v = tl.arange(0, BV)
+    m_k = cols_k < K
+    strict = rows[:, None] > rows[None, :]
+    for task in range(pid, num_tasks, nprog):
+        i_c = task // HK
+        i_hk = task % HK
+        i_n = tl.load(chunks_ptr + 2 * i_c)
+        i_t = tl.load(chunks_ptr + 2 * i_c + 1)
+        eos = tl.load(cu_ptr + i_n + 1)
+        tok = tl.load(cu_ptr + i_n) + i_t * BT + rows
+        m_t = tok < eos
+        tok64 = tl.cast(tok, tl.int64)
+
+        b_k = tl.load(k_ptr + tok64[:, None] * (HK * K) + i_hk * K + cols_k[None, :],
+                      mask=m_t[:, None] & m_k[None, :], other=0.0).to(tl.float32)
+        if USE_L2:
+            b_k = b_k * tl.rsqrt(tl.sum(b_k * b_k, 1) + 1e-6)[:, None]
+        b_kk = tl.dot(b_k + 0.0, tl.trans(b_k))  # once per key head, shared by its G value heads
+
+        for i_g in range(G):
+            i_hv = i_hk * G + i_g
+            gb = tl.cast(i_hv, tl.int64) * total_t + tok64
+            b_g = tl.load(g_ptr + gb, mask=m_t, other=0.0)
+            b_beta = tl.load(beta_ptr + gb, mask=m_t, other=0.0)
+            b_gc = tl.cumsum(b_g, 0)
+            b_a = tl.where(strict, b_kk * tl.exp(tl.where(strict, b_gc[:, None] - b_gc[None, :], 0.0)), 0.0)
+            b_a = b_a * b_beta[:, None]
+            # T = (I + A)^-1 by forward substitution: T_i = e_i - sum_{j<i} A_ij T_j
+            b_ti = tl.zeros([BT, BT], dtype=tl.float32)
+            for i in range(BT):
+                sel = rows == i
+                a_i = tl.sum(tl.where(sel[:, None], b_a, 0.0), 0)
+                t_i = tl.where(sel, 1.0, -tl.sum(a_i[:, None] * b_ti, 0))
+                b_ti = tl.where(sel[:, None], t_i[None, :], b_ti)
+
+            row64 = tl.cast(i_hv, tl.int64) * total_t + tok64  # workspace row of (head, token)
+            b_kb = b_k * (b_beta * tl.exp(b_gc))[:, None]
+            b_w = tl.dot(b_ti + 0.0, b_kb)
+            tl.store(w_ptr + row64[:, None] * K + cols_k[None, :], b_w, mask=m_t[:, None] & m_k[None, :])
+            for i_v in range(0, V, BV):
+                cv = i_v + cols_v
+                m_v = cv < V
+                m_tv = m_t[:, None] & m_v[None, :]
+                b_v = tl.load(v_ptr + tok64[:, None] * (HV * V) + i_hv * V + cv[None, :], mask=m_tv,
+                              other=0.0).to(tl.float32)
+                b_u = tl.dot(b_ti + 0.0, b_v * b_beta[:, None])
+                tl.store(u_ptr + row64[:, None] * V + cv[None, :], b_u, mask=m_tv)
+
+
+@triton.jit
+def _gdn_chunk_fwd_kernel(
+    q_ptr, k_ptr, w_ptr, u_ptr, g_ptr, cu_ptr, h0_ptr, ht_ptr, o_ptr,
+    scale, total_t, num_tasks,
+    HK: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr,
+    USE_L2: tl.constexpr, HAS_H0: tl.constexpr, STORE_FINAL: tl.constexpr,
+):
+    HV: tl.constexpr = HK * G
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    rows = tl.arange(0, BT)
+    cols_k = tl.arange(0, BK)
+    cols_v = tl.arange(0, BV)
+    m_k = cols_k < K
+    incl = rows[:, None] >= rows[None, :]
+    for task in range(pid, num_tasks, nprog):
+        i_v = task % NV
+        i_nh = task // NV
+        i_hv = i_nh % HV
+        i_n = i_nh // HV
+        i_hk = i_hv // G
+        bos = tl.load(cu_ptr + i_n)
+        eos = tl.load(cu_ptr + i_n + 1)
+        n_chunks = (eos - bos + BT - 1) // BT
+        cv = i_v * BV + cols_v
+        m_v = cv < V
+        m_kv = m_k[:, None] & m_v[None, :]
+        s_off = (tl.cast(i_n * HV + i_hv, tl.int64) * K + cols_k[:, None]) * V + cv[None, :]
+        if HAS_H0:
+            b_s = tl.load(h0_ptr + s_off, mask=m_kv, other=0.0).to(tl.float32)
+        else:
+            b_s = tl.zeros([BK, BV], dtype=tl.float32)
+        for i_t in range(0, n_chunks):
+            tok = bos + i_t * BT + rows
+            m_t = tok < eos
+            tok64 = tl.cast(tok, tl.int64)
+            m_tk = m_t[:, None] & m_k[None, :]
+            m_tv = m_t[:, None] & m_v[None, :]
+            qk_off = tok64[:, None] * (HK * K) + i_hk * K + cols_k[None, :]
+            b_q = tl.load(q_ptr + qk_off, mask=m_tk, other=0.0).to(tl.float32)
+            b_k = tl.load(k_ptr + qk_off, mask=m_tk, other=0.0).to(tl.float32)
+            if USE_L2:
+                b_q = b_q * tl.rsqrt(tl.sum(b_q * b_q, 1) + 1e-6)[:, None]
+                b_k = b_k * tl.rsqrt(tl.sum(b_k * b_k, 1) + 1e-6)[:, None]
+            b_q = b_q * scale
+            b_g = tl.load(g_ptr + tl.cast(i_hv, tl.int64) * total_t + tok64, mask=m_t, other=0.0)
+            b_gc = tl.cumsum(b_g, 0)
+            g_last = tl.sum(b_g, 0)  # padding rows hold g = 0
+            row64 = tl.cast(i_hv, tl.int64) * total_t + tok64
+            b_w = tl.load(w_ptr + row64[:, None] * K + cols_k[None, :], mask=m_tk, other=0.0)
+            b_u = tl.load(u_ptr + row64[:, None] * V + cv[None, :], mask=m_tv, other=0.0)
+
+            b_vn = b_u - tl.dot(b_w, b_s)  # v' = u - w S
+            b_qk = tl.dot(b_q + 0.0, tl.trans(b_k))
+            b_qk = tl.where(incl, b_qk * tl.exp(tl.where(incl, b_gc[:, None] - b_gc[None, :], 0.0)), 0.0)
+            b_o = tl.dot(b_q * tl.exp(b_gc)[:, None], b_s) + tl.dot(b_qk, b_vn)
+            tl.store(o_ptr + tok64[:, None] * (HV * V) + i_hv * V + cv[None, :],
+                     b_o.to(o_ptr.dtype.element_ty), mask=m_tv)
+            b_kd = b_k * tl.exp(g_last - b_gc)[:, None]
+            b_s = b_s * tl.exp(g_last) + tl.dot(tl.trans(b_kd), b_vn)
+        if STORE_FINAL:
+            tl.store(ht_ptr + s_off, b_s, mask=m_kv)
+
+
+def _block(n: int) -> int:
+    return max(16, triton.next_power_of_2(n))
+
+
+def _block_v(V: int) -> int:
+    """V tile of the state pass: the state slice [BK, BV] plus the chunk tiles must fit the UB."""
+    return min(_block(V), 64)
+
+
+def chunk_gated_delta_rule(
+    q, k, v, g, beta, *, scale=None, initial_state=None, output_final_state=False,
+    use_qk_l2norm_in_kernel=False, cu_seqlens=None,
+):
+    """q, k [B,T,Hk,K]; v [B,T,Hv,V]; g, beta [B,T,Hv] -> (o [B,T,Hv,V] in q.dtype, final state
+    [N,Hv,K,V] fp32 or None). Inputs are validated by `interns2_fast.ops.gdn`."""
+    B, T, Hk, K = q.shape
+    Hv, V = v.shape[2], v.shape[3]
+    if K > MAX_HEAD_DIM or V > MAX_HEAD_DIM:
+        raise ValueError(f"{OP}: head dims up to {MAX_HEAD_DIM} are supported, got K={K}, V={V}")
+    G = Hv // Hk
+    if scale is None:
+        scale = K**-0.5
+    dev = q.device
+    TT = B * T
+    n_t = triton.cdiv(T, BT)
+    if cu_seqlens is None:
+        N = B
+        cu = torch.arange(B + 1, dtype=torch.int32, device=dev) * T
+        chunks = torch.stack(torch.meshgrid(torch.arange(B), torch.arange(n_t), indexing="ij"), -1)
+    else:
+        N = cu_seqlens.numel() - 1
+        cu = cu_seqlens.to(device=dev, dtype=torch.int32)
+        bounds = cu_seqlens.tolist()  # host sync: the chunk list depends on the lengths
+        chunks = torch.tensor(
+            [(n, c) for n in range(N) for c in range(triton.cdiv(bounds[n + 1] - bounds[n], BT))],
+            dtype=torch.int64,
+        ).reshape(-1, 2)
+    chunks = chunks.reshape(-1, 2).to(device=dev, dtype=torch.int32).contiguous()
+    n_chunks = chunks.shape[0]
+
+    q = q.contiguous()
+    k = k.contiguous()
+    v = v.contiguous()
+    g_t = g.reshape(TT, Hv).t().to(torch.float32).contiguous()  # [Hv, TT]: stride 1 along T
+    beta_t = beta.reshape(TT, Hv).t().to(torch.float32).contiguous()
+    w = torch.empty(Hv, TT, K, dtype=torch.float32, device=dev)
+    u = torch.empty(Hv, TT, V, dtype=torch.float32, device=dev)
+    o = torch.empty(B, T, Hv, V, dtype=q.dtype, device=dev)
+    final = torch.empty(N, Hv, K, V, dtype=torch.float32, device=dev) if output_final_state else None
+    h0 = initial_state.contiguous() if initial_state is not None else None
+
+    BK, BV = _block(K), _block(V)
+    BVS = _block_v(V)
+    NV = triton.cdiv(V, BVS)
+    with device_guard(q):
+        if n_chunks:
+            tasks = n_chunks * Hk
+            _gdn_chunk_prep_kernel[(persistent_grid(dev, tasks, cube=True),)](
+                k, v, g_t, beta_t, cu, chunks, w, u, TT, tasks,
+                HK=Hk, G=G, K=K, V=V, BT=BT, BK=BK, BV=min(BV, 64), USE_L2=use_qk_l2norm_in_kernel,
+            )
+        tasks = N * Hv * NV
+        _gdn_chunk_fwd_kernel[(persistent_grid(dev, tasks, cube=True),)](
+            q, k, w, u, g_t, cu, h0 if h0 is not None else w, final if final is not None else w, o,
+            float(scale), TT, tasks,
+            HK=Hk, G=G, K=K, V=V, BT=BT, BK=BK, BV=BVS, NV=NV,
+            USE_L2=use_qk_l2norm_in_kernel, HAS_H0=h0 is not None, STORE_FINAL=final is not None,
+        )
+    return o, final
+
+
+def _configs():
+    """Production: Intern-S2 linear attention, K = V = 128, Hk = 16, Hv = 32, chunk 64, bf16."""
+    K = V = 128
+    Hk, G = 16, 2
+    BK, BVP, BVS = _block(K), min(_block(V), 64), _block_v(V)
+    cfgs = []
+    for l2 in (True, False):
+        tag = "l2" if l2 else "nol2"
+        cfgs.append(LoweringConfig(
+            name=f"gdn_chunk/prep_bf16_k128_v128_hk16_hv32_{tag}",
+            kernel=_gdn_chunk_prep_kernel,
+            signature={"k_ptr": "*bf16", "v_ptr": "*bf16", "g_ptr": "*fp32", "beta_ptr": "*fp32",
+                       "cu_ptr": "*i32", "chunks_ptr": "*i32", "w_ptr": "*fp32", "u_ptr": "*fp32",
+                       "total_t": "i32", "num_tasks": "i32"},
+            constants={"HK": Hk, "G": G, "K": K, "V": V, "BT": BT, "BK": BK, "BV": BVP, "USE_L2": l2},
+        ))
+        cfgs.append(LoweringConfig(
+            name=f"gdn_chunk/fwd_bf16_k128_v128_hk16_hv32_bv{BVS}_{tag}",
+            kernel=_gdn_chunk_fwd_kernel,
+            signature={"q_ptr": "*bf16", "k_ptr": "*bf16", "w_ptr": "*fp32", "u_ptr": "*fp32", "g_ptr": "*fp32",
+                       "cu_ptr": "*i32", "h0_ptr": "*fp32", "ht_ptr": "*fp32", "o_ptr": "*bf16",
+                       "scale": "fp32", "total_t": "i32", "num_tasks": "i32"},
+            constants={"HK": Hk, "G": G, "K": K, "V": V, "BT": BT, "BK": BK, "BV": BVS, "NV": triton.cdiv(V, BVS),
+                       "USE_L2": l2, "HAS_H0": True, "STORE_FINAL": True},
+        ))
+    return cfgs
+
+
+LOWERING_CONFIGS = _configs()
