@@ -30,7 +30,7 @@ import triton.language as tl
 from interns2_fast import device as _device
 from interns2_fast.kernels import LoweringConfig
 
-ROUTER_BLOCK_T = 16
+ROUTER_BLOCK_T = 32  # 32 x 256 fp32 logits on chip; 64 overflows the UB
 ROUTER_BLOCK_H = 64
 ALIGN_CHUNK = 256  # slots per histogram / scatter task
 ALIGN_SUB = 32  # slots per on-chip [SUB, E] / [SUB, CHUNK] compare tile

@@ -178,6 +178,16 @@ def test_route_empty_and_noncontiguous(backend):
     assert [tuple(t.shape) for t in out] == [(0, 8), (0, 2), (0, 2)]
 
 
+def test_route_triton_task_loop():
+    """T = 100: four 32-token tasks on the interpreter's 3 programs, so one program loops."""
+    hidden, weight = _router_inputs(100, 8, 32, torch.float32, seed=5)
+    got = moe_route(hidden, weight, 2, backend="triton")
+    want = moe_route(hidden, weight, 2, backend="torch")
+    _close(got[0], want[0], TOL[torch.float32]["logits_ref"], "logits")
+    _close(got[1], want[1], TOL[torch.float32]["w_ref"], "weights")
+    assert torch.equal(got[2], want[2])
+
+
 def test_route_bad_inputs():
     h, w = torch.randn(2, 8), torch.randn(4, 8)
     with pytest.raises(ValueError, match="moe_route"):
