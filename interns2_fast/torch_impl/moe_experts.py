@@ -22,7 +22,9 @@ How step 2 runs depends on where the tensors live:
     kernel (about 2 GMAC/s, 7x slower than this at T=512) and a padded `bmm` doubles the FLOPs,
     so neither is used on the CPU.
   * accelerators (CUDA): `torch._grouped_mm` / `F.grouped_mm` over the sorted rows with device-side
-    offsets (no host read) when it accepts the dtype; otherwise the decode `bmm` in chunks of slots.
+    offsets (no host read) when it accepts the dtype/device. Where it does not (fp32 on CUDA, NPUs:
+    use the triton or npu_native backend there), the per-group GEMMs of the CPU path run after ONE
+    host read of the group sizes per call (the eager loop syncs too, and launches ~4x more ops).
 """
 from __future__ import annotations
 
@@ -55,7 +57,7 @@ def _bmm_slots(x_slots: torch.Tensor, ids: torch.Tensor, gate_up_proj: torch.Ten
 
 
 def _grouped_cpu(x_sorted: torch.Tensor, counts: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """out[rows of group e] = x_sorted[rows] @ weight[e]^T, groups in expert order (CPU tensors)."""
+    """out[rows of group e] = x_sorted[rows] @ weight[e]^T, groups in expert order (`counts` on the CPU)."""
     out = x_sorted.new_empty(x_sorted.shape[0], weight.shape[1])
     start = 0
     for e, c in enumerate(counts.tolist()):  # host memory already: not a device sync
@@ -103,12 +105,11 @@ def moe_experts(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, *,
                 y_sorted = gmm(F.silu(gate) * up, down_proj.transpose(-2, -1), offs=offs)
             except (RuntimeError, NotImplementedError):  # dtype / device the kernel does not take
                 y_sorted = None
-        if y_sorted is None:
-            sorted_ids = flat_ids[order]
-            y_sorted = torch.cat([
-                _bmm_slots(x_sorted[i:i + DECODE_SLOTS], sorted_ids[i:i + DECODE_SLOTS], gate_up_proj, down_proj)
-                for i in range(0, S, DECODE_SLOTS)
-            ])
+        if y_sorted is None:  # no grouped GEMM for this device/dtype: one host read of the counts
+            counts_host = counts.cpu()
+            gu = _grouped_cpu(x_sorted, counts_host, gate_up_proj)
+            gate, up = gu.chunk(2, dim=-1)
+            y_sorted = _grouped_cpu(F.silu(gate) * up, counts_host, down_proj)
 
     y = torch.empty_like(y_sorted, dtype=torch.float32)
     y[order] = y_sorted.float() * w_slots[order]  # back to slot order t*k + j
