@@ -6,26 +6,46 @@ documented in `interns2_fast.ops.moe.RoutingPlan`.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
 
+@functools.lru_cache(maxsize=None)
+def _tie_key_consts(num_experts: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    e = torch.arange(num_experts, dtype=torch.float64, device=device)
+    return -e * 2.0**-1070, 1.0 - e * 2.0**-40
+
+
 def topk_lowest_id(probs: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """torch.topk over the last axis with ties broken to the LOWER index, deterministically.
+    """torch.topk over the last axis of fp32 probabilities >= 0, ties broken to the LOWER index.
 
     torch.topk leaves the order of equal values unspecified (on the CPU it is not lowest-index
-    first). probs >= 0 in fp32 has int32 bit patterns that order like the floats, so one int64 key
-    bits * E + (E - 1 - index) is unique per element and topk over it picks the largest probability,
-    then the lowest index among equals. Returns (values fp32, indices int64).
+    first), so topk runs over a float64 key that is unique per element and orders like
+    (probability, -index):  key = p * (1 - e * 2**-40) - e * 2**-1070.  Distinct fp32 values differ
+    by a factor >= 1 + 2**-24, far more than the 2**-32 the first term moves them, so their order is
+    kept; equal values p > 0 are split by the factor, and p = 0 (a softmax underflow) by the
+    subnormal second term (lost only where denormals are flushed, torch.set_flush_denormal(True)).
+    On devices other than the CPU and CUDA (float64 may be missing there) an int64 key
+    bits(p) * E + (E - 1 - e) does the same. Returns (values fp32, indices int64).
     """
+    if probs.device.type in ("cpu", "cuda"):
+        tiny, factor = _tie_key_consts(probs.shape[-1], probs.device)
+        ids = torch.topk(torch.addcmul(tiny, probs.double(), factor), top_k, dim=-1).indices
+        return probs.gather(-1, ids), ids
+    return _topk_lowest_id_int_key(probs, top_k)
+
+
+def _topk_lowest_id_int_key(probs: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The int64-key form of topk_lowest_id: fp32 p >= 0 has int32 bit patterns that order like
+    the floats, so bits * E + (E - 1 - index) is unique and orders like (p, -index)."""
     e = probs.shape[-1]
     bits = probs.contiguous().view(torch.int32).to(torch.int64)
     rev = torch.arange(e - 1, -1, -1, device=probs.device, dtype=torch.int64)
-    key = bits * e + rev
-    top_key, _ = torch.topk(key, top_k, dim=-1)
+    top_key = torch.topk(bits * e + rev, top_k, dim=-1).values
     ids = (e - 1) - torch.remainder(top_key, e)
-    vals = torch.div(top_key, e, rounding_mode="floor").to(torch.int32).view(torch.float32)
-    return vals, ids
+    return probs.gather(-1, ids), ids
 
 
 def moe_route(hidden: torch.Tensor, weight: torch.Tensor, top_k: int, *, renormalize: bool = True):

@@ -160,6 +160,26 @@ def test_route_many_ties_backends_agree(dtype):
     _close(p.gather(1, out["torch"][2]), p.gather(1, out["reference"][2]), TOL[dtype]["w_ref"], "selected probs")
 
 
+def test_topk_lowest_id_keys():
+    """Both tie-breaking keys of the torch backend (float64 on CPU/CUDA, int64 elsewhere) follow the rule,
+    including probabilities that differ in the last fp32 bit, exact ties and zeros."""
+    from interns2_fast.torch_impl.moe_routing import _topk_lowest_id_int_key, topk_lowest_id
+
+    g = torch.Generator().manual_seed(11)
+    p = torch.softmax(torch.randn(64, 32, generator=g), -1)
+    p[0] = 1.0 / 32
+    p[1] = 0.0
+    p[1, 20] = 1.0
+    p[2, 5] = torch.nextafter(p[2, 7], torch.tensor(1.0))
+    p[3, ::3] = p[3, 4]
+    p[4] = torch.tensor([0.5, 0.25] * 16).flip(0)
+    vals, ids = torch.sort(p.double(), dim=-1, descending=True, stable=True)
+    for fn in (topk_lowest_id, _topk_lowest_id_int_key):
+        v, i = fn(p, 8)
+        assert torch.equal(i, ids[:, :8]), fn.__name__
+        assert torch.equal(v, p.gather(1, i)) and v.dtype == torch.float32
+
+
 def test_route_ties_torch_topk_is_not_lowest_id_on_cpu():
     """Why the rule is documented rather than borrowed: torch.topk's tie order is implementation-specific."""
     _, ids = torch.topk(torch.zeros(1, 8), 8)
