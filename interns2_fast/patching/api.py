@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from .. import ops
-from . import discovery, gdn
+from . import discovery, gdn, moe_block
 from .state import (FAMILIES, FAMILY_OPS, ModuleState, VerifyRecord, get_state, install, patched_states,
-                    uninstall, verified_module_call)
+                    uninstall)
 
 logger = logging.getLogger("interns2_fast")
 
@@ -122,14 +122,6 @@ def _resolve(family: str, backend: str, device: torch.device) -> str:
     return name
 
 
-def _moe_hooks():
-    try:
-        from . import moe  # written by the MoE issue
-    except ImportError as exc:  # pragma: no cover - only while that module is missing
-        return None, f"MoE hooks unavailable ({exc})"
-    return moe, None
-
-
 def patch(model: nn.Module, *, ops: tuple[str, ...] | list[str] = FAMILIES, backend: str = "auto",
           verify: bool | str = False) -> PatchReport:
     """Make `model` use interns2_fast's kernels; returns a PatchReport.
@@ -171,10 +163,6 @@ def patch(model: nn.Module, *, ops: tuple[str, ...] | list[str] = FAMILIES, back
                 resolved_cache[key] = (None, str(exc))
         return resolved_cache[key]
 
-    moe_mod, moe_missing = (None, None)
-    if "moe" in ops_set:
-        moe_mod, moe_missing = _moe_hooks()
-
     for cand in discovery.find_candidates(model):
         mtype = type(cand.module).__name__
         fams = {"gdn": ("gdn", "conv"), "norm": ("norm",), "moe_block": ("moe",)}[cand.kind]
@@ -184,42 +172,42 @@ def patch(model: nn.Module, *, ops: tuple[str, ...] | list[str] = FAMILIES, back
         if cand.reason is not None:
             skipped += [SkippedModule(cand.path, f, cand.reason, mtype) for f in wanted]
             continue
-        if cand.kind == "moe_block" and moe_mod is None:
-            skipped.append(SkippedModule(cand.path, "moe", moe_missing, mtype))
-            continue
+        if cand.kind == "moe_block":
+            reason = moe_block.skip_reason(cand.module)
+            if reason is not None:
+                skipped.append(SkippedModule(cand.path, "moe", reason, mtype))
+                continue
         backends: dict[str, str] = {}
+        rows = []
         for fam in wanted:
             name, err = resolved(fam, cand.module)
             if name is None:
                 skipped.append(SkippedModule(cand.path, fam, err, mtype))
             else:
                 backends[fam] = backend
-                patched.append(PatchedModule(cand.path, fam, name, mtype))
+                rows.append((fam, name))
         if not backends:
             continue
         if cand.kind == "gdn":
             st = install(cand.module, dict(path=cand.path, kind="gdn", backends=backends, verify=verify,
                                            extra=gdn.gdn_extra(cand.module, cand.layout)), gdn.gdn_forward)
+            installed = [(cand.path, cand.module, st)]
         elif cand.kind == "norm":
             st = install(cand.module, dict(path=cand.path, kind="norm", backends=backends, verify=verify),
                          gdn.norm_forward)
+            installed = [(cand.path, cand.module, st)]
         else:
-            st = _install_moe(moe_mod, cand, backends, verify)
-        states.append(st)
+            installed = [(path, m, st) for (path, st), m in
+                         zip(moe_block.install_moe(install, cand.path, cand.module, backends, verify),
+                             (cand.module.gate, cand.module))]
+        for path, m, st in installed:
+            states.append(st)
+            patched += [PatchedModule(path, fam, name, type(m).__name__) for fam, name in rows]
 
     report = PatchReport(patched, skipped, ops_set, backend, verify, states)
     model.__dict__["_interns2_fast_report"] = report
     logger.info("interns2_fast: %s", report.summary())
     return report
-
-
-def _install_moe(moe_mod, cand, backends, verify) -> ModuleState:
-    block_forward = moe_mod.sparse_moe_block_forward
-
-    def impl(module, state, hidden_states, *args, **kwargs):
-        return verified_module_call(module, state, lambda m, h: block_forward(m, h), hidden_states)
-
-    return install(cand.module, dict(path=cand.path, kind="moe_block", backends=backends, verify=verify), impl)
 
 
 def unpatch(model: nn.Module) -> int:

@@ -194,6 +194,21 @@ def verified_module_call(module: nn.Module, state: ModuleState, patched_fn: Call
     if not state.verify or "module" in state.verified:
         return patched_fn(module, *args, **kwargs)
     state.verified.add("module")
-    reference = state.original(*args, **kwargs)
+    # the reference path is the original forward with every patched child on its original forward too
+    # and it is a shadow computation: the children's forward hooks (e.g. transformers' output_router_logits
+    # recorder) must not see it, or they would record the first call twice.
+    children = [s for s in (get_state(m) for m in module.modules()) if s is not None and s is not state]
+    hooked = [(m, m._forward_hooks) for m in module.modules() if m is not module and m._forward_hooks]
+    for s in children:
+        s.suspended += 1
+    for m, _ in hooked:
+        m._forward_hooks = type(m._forward_hooks)()
+    try:
+        reference = state.original(*args, **kwargs)
+    finally:
+        for s in children:
+            s.suspended -= 1
+        for m, hooks in hooked:
+            m._forward_hooks = hooks
     patched = patched_fn(module, *args, **kwargs)
     return patched if verify_outputs(state, state.kind, patched, reference) else reference

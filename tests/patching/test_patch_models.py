@@ -1,4 +1,4 @@
-"""Patched linear-attention layers (GDN + conv + gated norm) against the unpatched model, every family.
+"""patch(model) (all op families: gdn, conv, norm, moe) against the unpatched model, every model family.
 
 Runs on whichever transformers is installed (CI runs 5.2.0 and the newest release).
 
@@ -16,6 +16,7 @@ from interns2_fast import models, ops
 from interns2_fast.patching import patch, reference_mode, unpatch
 
 FAMILIES = models.FAMILIES
+ALL_OPS = ("gdn", "conv", "norm", "moe")
 GDN_OPS = ("gdn", "conv", "norm")
 
 
@@ -26,11 +27,15 @@ def test_forward_matches_reference(model_factory, ph, family, dtype):
     ids = torch.randint(0, model.config.vocab_size, (2, 70))  # two chunks of 64
     with torch.no_grad():
         ref = model(ids).logits.float()
-        report = patch(model, ops=GDN_OPS)
+        report = patch(model)
         out = model(ids).logits.float()
         anchor = model_factory(family, torch.float32)(ids).logits if dtype != torch.float32 else None
     n_lin = len(ph.linear_layer_ids(model))
-    assert report.counts() == {"gdn": n_lin, "conv": n_lin, "norm": n_lin}, report.summary()
+    want = {"gdn": n_lin, "conv": n_lin, "norm": n_lin}
+    if family != "qwen3_5":  # router + block per MoE layer
+        want["moe"] = 2 * model.config.num_hidden_layers
+    assert report.counts() == want, report.summary()
+    assert report.skipped == []
     if dtype == torch.float32:
         assert ph.rms_ratio(out, ref) <= 1e-4
         assert (out - ref).abs().max().item() <= 1e-3
@@ -48,7 +53,7 @@ def test_greedy_generation_and_cache_continuity(model_factory, ph, family):
     prompt = torch.randint(0, model.config.vocab_size, (1, 9))
     follow_up = torch.randint(0, model.config.vocab_size, (1, 5))
     gen = dict(max_new_tokens=6, do_sample=False, return_dict_in_generate=True)
-    patch(model, ops=GDN_OPS)
+    patch(model)
     runs = {}
     for name, ctx in (("reference", reference_mode(model)), ("patched", torch.no_grad())):
         with ctx, torch.no_grad():
@@ -80,7 +85,7 @@ def test_left_padding_batch(model_factory, family):
     with torch.no_grad():
         ref_logits = model(ids, attention_mask=mask).logits
         ref = model.generate(ids, **kw)
-        patch(model, ops=GDN_OPS)
+        patch(model)
         out_logits = model(ids, attention_mask=mask).logits
         out = model.generate(ids, **kw)
     keep = mask.bool()
@@ -93,9 +98,9 @@ def test_unpatch_is_bit_exact_and_patch_is_idempotent(model_factory):
     ids = torch.randint(0, model.config.vocab_size, (1, 11))
     with torch.no_grad():
         before = model(ids).logits
-        first = patch(model, ops=GDN_OPS)
+        first = patch(model)
         once = model(ids).logits
-        second = patch(model, ops=GDN_OPS)
+        second = patch(model)
         twice = model(ids).logits
         assert [(p.path, p.op) for p in second.patched] == [(p.path, p.op) for p in first.patched]
         assert torch.equal(once, twice)
@@ -109,24 +114,83 @@ def test_unpatch_is_bit_exact_and_patch_is_idempotent(model_factory):
 def test_other_models_untouched(model_factory):
     a = model_factory("qwen3_5_moe")
     b = models.build_causal_lm("qwen3_5_moe")
-    patch(a, ops=GDN_OPS)
+    patch(a)
     assert all("forward" not in m.__dict__ for m in b.modules())
     la = a.model.layers[0].linear_attn
     assert "forward" in la.__dict__ and type(la).forward is type(b.model.layers[0].linear_attn).forward
 
 
-@pytest.mark.skipif("triton" not in ops.registered("chunk_gated_delta_rule"), reason="no Triton GDN backend yet")
+def _triton_families():
+    """Op families whose Triton backends are registered and whose kernel modules exist."""
+    import importlib.util
+
+    need = {"gdn": (("chunk_gated_delta_rule", "gdn_chunk"), ("fused_recurrent_gated_delta_rule", "gdn_recurrent"),
+                    ("gdn_gating", "gdn_gating")),
+            "conv": (("causal_conv1d_fn", "conv1d"), ("causal_conv1d_update", "conv1d")),
+            "norm": (("rms_norm_gated", "norm_gated"),),
+            "moe": (("moe_route", "moe_routing"), ("moe_experts", "moe_experts"))}
+    return tuple(f for f, pairs in need.items()
+                 if all("triton" in ops.registered(op) and importlib.util.find_spec(f"interns2_fast.kernels.{mod}")
+                        for op, mod in pairs))
+
+
+@pytest.mark.skipif(not _triton_families(), reason="no complete Triton backend family yet")
 def test_triton_backend_under_interpreter_smallest(ph):
-    """backend="triton" through the whole patched model (interpreter, 2 layers, 6 tokens + 2 decode steps)."""
+    """backend="triton" through the whole patched model (interpreter; 1 linear + 1 full-attention layer,
+    6 prompt tokens + 2 decode steps), for every family whose Triton kernels exist."""
     cfg = models.tiny_config("qwen3_5_moe", num_layers=2)
     cfg.layer_types = ["linear_attention", "full_attention"]
     model = models.build_causal_lm("qwen3_5_moe", cfg)
     ids = torch.randint(0, cfg.vocab_size, (1, 6))
+    fams = _triton_families()
     with torch.no_grad():
         ref = model.generate(ids, max_new_tokens=2, do_sample=False, output_logits=True, return_dict_in_generate=True)
-        report = patch(model, ops=GDN_OPS, backend="triton")
-        assert any(p.backend == "triton" for p in report.patched)
+        report = patch(model, ops=fams, backend="triton")
+        assert {p.op for p in report.patched if p.backend == "triton"} == set(fams)
         out = model.generate(ids, max_new_tokens=2, do_sample=False, output_logits=True, return_dict_in_generate=True)
     assert torch.equal(out.sequences, ref.sequences)
     for a, b in zip(out.logits, ref.logits):
         assert ph.rms_ratio(a, b) <= 1e-3
+
+
+@pytest.mark.parametrize("family", ["qwen3_5_moe", "qwen3_next"])
+@pytest.mark.parametrize("verify", [False, True])
+def test_output_router_logits(model_factory, family, verify):
+    model = model_factory(family)
+    ids = torch.randint(0, model.config.vocab_size, (2, 7))
+    with torch.no_grad():
+        ref = model(ids, output_router_logits=True)
+        patch(model, verify=verify)
+        out = model(ids, output_router_logits=True)
+    assert len(out.router_logits) == len(ref.router_logits) == model.config.num_hidden_layers
+    for a, b in zip(out.router_logits, ref.router_logits):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert (a.float() - b.float()).abs().max().item() <= 1e-5
+    assert torch.allclose(out.aux_loss, ref.aux_loss, rtol=1e-5)
+
+
+def test_ops_subset_and_report_content(model_factory):
+    model = model_factory("qwen3_5_moe")
+    report = patch(model, ops=("moe",), backend="reference")
+    assert {p.op for p in report.patched} == {"moe"} and {p.backend for p in report.patched} == {"reference"}
+    paths = {p.path for p in report.patched}
+    assert "model.layers.0.mlp" in paths and "model.layers.0.mlp.gate" in paths
+    assert "model.layers.0.linear_attn" not in paths
+    md = report.to_markdown()
+    assert "| `model.layers.0.mlp` | moe | reference |" in md and "skipped 0" in md
+    with pytest.raises(ValueError, match="unknown op families"):
+        patch(model, ops=("attention",))
+
+
+def test_skipped_candidates_are_reported_with_reason():
+    model = models.build_causal_lm("qwen3_5_moe")
+    model.model.layers[0].linear_attn.activation = "gelu"
+    model.model.layers[1].mlp.experts.act_fn = torch.nn.GELU()
+    report = patch(model)
+    skipped = {(s.path, s.op): s.reason for s in report.skipped}
+    assert "activation 'gelu'" in skipped[("model.layers.0.linear_attn", "gdn")]
+    assert ("model.layers.0.linear_attn", "conv") in skipped
+    assert "GELU" in skipped[("model.layers.1.mlp", "moe")]
+    assert "model.layers.0.linear_attn" not in {p.path for p in report.patched}
+    assert "model.layers.0.linear_attn.norm" in {p.path for p in report.patched}
+    assert "skipped" in report.to_markdown()
