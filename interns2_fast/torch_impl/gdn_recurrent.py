@@ -6,6 +6,7 @@ the token, the step is rewritten so that the [K, V] state is read once by one ba
     delta    = beta (v - d kS)
     o        = d qS + (q . k) delta           (= q^T S_new, without reading S_new)
     S_new    = d S + k delta^T                 (mul_ + addcmul_ in place)
+q and k are stacked once, so their L2 norm, scaling and dtype cast are one op each.
 Value heads are viewed as [Hk, G] and broadcast against the key heads, so q/k are never
 repeated. No host syncs, except reading the sequence lengths once when `cu_seqlens` is given.
 T == 1 runs the step once; T > 1 loops over tokens.
@@ -17,10 +18,6 @@ import torch
 from .gdn_gating import gdn_gating
 
 
-def _l2norm(x: torch.Tensor) -> torch.Tensor:
-    return x * torch.rsqrt((x * x).sum(-1, keepdim=True) + 1e-6)
-
-
 def _dense(q, k, v, g, beta, scale, state, use_qk_l2norm_in_kernel, inplace):
     """q, k [B,T,Hk,K]; v [B,T,Hv,V]; g, beta [B,T,Hv] (any float dtype); state [B,Hv,K,V] fp32 or None.
 
@@ -29,42 +26,43 @@ def _dense(q, k, v, g, beta, scale, state, use_qk_l2norm_in_kernel, inplace):
     B, T, Hk, K = q.shape
     Hv, V = v.shape[2], v.shape[3]
     G = Hv // Hk
-    qf, kf = q.float(), k.float()
+    qk = torch.stack((q, k), dim=3).float()                   # [B,T,Hk,2,K]: q and k handled together
     if use_qk_l2norm_in_kernel:
-        qf, kf = _l2norm(qf), _l2norm(kf)
-    qf = qf * scale
-    qk = torch.stack((qf, kf), dim=3)                         # [B,T,Hk,2,K]
-    qdotk = (qf * kf).sum(-1)                                 # [B,T,Hk]
+        qk = qk * torch.rsqrt((qk * qk).sum(-1, keepdim=True) + 1e-6)
+    qk[..., 0, :] *= scale
+    qdotk = (qk[..., 0, :] * qk[..., 1, :]).sum(-1)          # [B,T,Hk]
     vf = v.float().reshape(B, T, Hk, G, V)
-    decay = g.float().exp().reshape(B, T, Hk, G)
-    betaf = beta.float().reshape(B, T, Hk, G)
-    o = torch.empty(B, T, Hk, G, V, dtype=torch.float32, device=q.device)
+    decay = g.float().exp().reshape(B, T, Hk, G, 1)
+    betaf = beta.float().reshape(B, T, Hk, G, 1)
 
     S = None if state is None else (state.view if inplace else state.reshape)(B, Hk, G, K, V)
     owned = inplace  # may S be written in place?
+    outs = []
     for t in range(T):
-        d = decay[:, t, :, :, None]                           # [B,Hk,G,1]
-        bt = betaf[:, t, :, :, None]
-        kt = kf[:, t]                                         # [B,Hk,K]
-        if S is None:
+        d, bt = decay[:, t], betaf[:, t]                      # [B,Hk,G,1]
+        k5 = qk[:, t, :, None, 1, :, None]                    # [B,Hk,1,K,1]
+        qdk = qdotk[:, t, :, None, None]                      # [B,Hk,1,1]
+        if S is None:  # zero state: S^T q = S^T k = 0
             delta = vf[:, t] * bt                             # [B,Hk,G,V]
-            o[:, t] = qdotk[:, t, :, None, None] * delta
-            S = kt[:, :, None, :, None] * delta[:, :, :, None, :]
+            outs.append(qdk * delta)
+            S = k5 * delta[:, :, :, None, :]
             owned = True
             continue
-        # [B,Hk,1,2,K] @ [B,Hk,G,K,V] -> [B,Hk,G,2,V]
-        r = torch.matmul(qk[:, t, :, None], S)
-        qS, kS = r[..., 0, :], r[..., 1, :]
-        delta = (vf[:, t] - d * kS) * bt
-        o[:, t] = torch.addcmul(d * qS, qdotk[:, t, :, None, None], delta)
-        d5 = d[..., None]                                     # [B,Hk,G,1,1]
+        r = torch.matmul(qk[:, t, :, None], S)                # [B,Hk,1,2,K] @ [B,Hk,G,K,V] -> [B,Hk,G,2,V]
+        delta = torch.addcmul(vf[:, t], d, r[..., 1, :], value=-1.0).mul_(bt)
+        outs.append(torch.addcmul(d * r[..., 0, :], qdk, delta))
         if owned:
-            S.mul_(d5)
+            S.mul_(d[..., None])
         else:
-            S = S * d5
+            S = S * d[..., None]
             owned = True
-        S.addcmul_(kt[:, :, None, :, None], delta[:, :, :, None, :])
-    o = o.view(B, T, Hv, V)
+        S.addcmul_(k5, delta[:, :, :, None, :])
+    if T == 1:
+        o = outs[0].view(B, 1, Hv, V)
+    elif T == 0:
+        o = vf.new_zeros(B, 0, Hv, V)
+    else:
+        o = torch.stack(outs, dim=1).view(B, T, Hv, V)
     if inplace:
         return o, state
     if S is None:
