@@ -4,7 +4,10 @@
     INTERNS2_BENCH_QUICK=1 .venv/bin/pytest benchmarks/ops/bench_moe_routing.py --benchmark-only -p no:xdist
 
 * `moe_route` — router logits, fp32 softmax, top-8, renormalise; T in {1, 4096} (QUICK {1, 512}).
-  Backends: reference (the installed transformers router), torch, triton (CUDA/NPU only).
+  Backends: reference (interns2_fast.reference.moe_route: it computes the raw logits with one
+  F.linear and then runs the installed transformers router's forward, which does its own F.linear,
+  so two GEMMs), "hf_router" (the transformers router forward alone: one GEMM; the fair baseline
+  for the GEMM-bound large-T case), torch, triton (CUDA/NPU only).
 * `moe_route+align` — the router plus the routing plan (`moe_align`, block size 64) that the grouped
   expert GEMMs consume. The reference backend has no plan (its eager expert loop syncs with
   `nonzero` instead); its row in this group is the router plus that host-synced loop's own
@@ -28,6 +31,7 @@ E, K, H = 256, 8, 2048
 BLOCK_SIZE = 64
 TOKENS = [1, 512] if QUICK else [1, 4096]
 BACKENDS = ["reference", "torch", "triton"]
+ROUTE_BACKENDS = ["reference", "hf_router", "torch", "triton"]
 
 
 def _device_and_dtype():
@@ -77,12 +81,25 @@ def _run(benchmark, fn, T):
     benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+def _hf_router(weight):
+    """The installed transformers router module's forward on our weight (one F.linear)."""
+    from interns2_fast.reference import _stand_in, fallback_module
+
+    cls = fallback_module().Qwen3_5MoeTopKRouter
+    router = _stand_in(cls, weight=weight, top_k=K, num_experts=E, hidden_dim=H)
+    return lambda h: cls.forward(router, h)
+
+
+@pytest.mark.parametrize("backend", ROUTE_BACKENDS)
 @pytest.mark.parametrize("T", TOKENS)
 def test_moe_route(benchmark, backend, T):
     _skip_unavailable(backend)
     _label(benchmark, "moe_route", T, backend)
     hidden, weight = _inputs(T)
+    if backend == "hf_router":
+        fwd = _hf_router(weight)
+        _run(benchmark, lambda: fwd(hidden), T)
+        return
     _run(benchmark, lambda: ops.moe_route(hidden, weight, K, backend=backend), T)
 
 
