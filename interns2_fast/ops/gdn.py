@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 
 from .. import reference
+from ..torch_impl import gdn_gating as _torch_gating
+from ..torch_impl import gdn_recurrent as _torch_recurrent
 from ._dispatch import register, resolve
 from ._validate import FLOAT_DTYPES, check_same_device, check_tensor
 
@@ -209,11 +211,7 @@ def _recurrent_with_gating_reference(q, k, v, a, b, A_log, dt_bias, **kw):
 
 # --- recurrent decode and gating: PyTorch and Triton backends -------------------------------------
 
-@register("fused_recurrent_gated_delta_rule", "torch")
-def _recurrent_torch(*args, **kw):
-    from ..torch_impl import gdn_recurrent
-
-    return gdn_recurrent.fused_recurrent_gated_delta_rule(*args, **kw)
+register("fused_recurrent_gated_delta_rule", "torch")(_torch_recurrent.fused_recurrent_gated_delta_rule)
 
 
 @register("fused_recurrent_gated_delta_rule", "triton")
@@ -223,11 +221,9 @@ def _recurrent_triton(*args, **kw):
     return gdn_recurrent.fused_recurrent_gated_delta_rule(*args, **kw)
 
 
-@register("fused_recurrent_gated_delta_rule_with_gating", "torch")
-def _recurrent_with_gating_torch(*args, **kw):
-    from ..torch_impl import gdn_recurrent
-
-    return gdn_recurrent.fused_recurrent_gated_delta_rule_with_gating(*args, **kw)
+register("fused_recurrent_gated_delta_rule_with_gating", "torch")(
+    _torch_recurrent.fused_recurrent_gated_delta_rule_with_gating
+)
 
 
 @register("fused_recurrent_gated_delta_rule_with_gating", "triton")
@@ -237,11 +233,7 @@ def _recurrent_with_gating_triton(*args, **kw):
     return gdn_recurrent.fused_recurrent_gated_delta_rule_with_gating(*args, **kw)
 
 
-@register("gdn_gating", "torch")
-def _gdn_gating_torch(*args, **kw):
-    from ..torch_impl import gdn_gating as impl
-
-    return impl.gdn_gating(*args, **kw)
+register("gdn_gating", "torch")(_torch_gating.gdn_gating)
 
 
 @register("gdn_gating", "triton")

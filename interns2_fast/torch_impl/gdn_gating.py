@@ -15,7 +15,7 @@ def gdn_gating(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A_log, dt_bias [Hv]; a, b [..., Hv] (exactly [B, T, Hv] when head_major)."""
     # softplus with torch's threshold 20 (x for x > 20, log1p(exp(x)) otherwise), in fp32.
-    g = F.softplus(a.float() + dt_bias.float()).mul_(-A_log.float().exp())
+    g = F.softplus(a.float() + dt_bias).mul_(-A_log.float().exp())
     beta = b.sigmoid()
     if head_major:
         g = g.transpose(1, 2).contiguous()
