@@ -168,6 +168,7 @@ def _align_scatter_kernel(
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     offs_c = tl.arange(0, CHUNK)
+    offs_cf = offs_c.to(tl.float32)
     offs_s = tl.arange(0, SUB)
     for task in range(pid, num_chunks, nprog):
         start = tl.cast(task, tl.int64) * CHUNK
@@ -179,7 +180,7 @@ def _align_scatter_kernel(
             ids = tl.load(ids_ptr + offs, mask=mask, other=0).to(tl.int32)
             idf = tl.where(mask, ids.to(tl.float32), -2.0)
             # stable rank: equal ids at earlier positions of this chunk
-            same = (idf[:, None] == id_all[None, :]) & (offs_c[None, :] < pos[:, None])
+            same = (idf[:, None] == id_all[None, :]) & (offs_cf[None, :] < pos.to(tl.float32)[:, None])
             rank = tl.sum(tl.where(same, 1.0, 0.0), 1).to(tl.int32)
             base = tl.load(offsets_ptr + ids, mask=mask, other=0) + \
                 tl.load(chunk_ptr + tl.cast(task, tl.int64) * E + ids, mask=mask, other=0)
