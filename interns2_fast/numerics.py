@@ -45,3 +45,25 @@ def compare_tensors(out: torch.Tensor, ref: torch.Tensor) -> Comparison:
     tol_rms, tol_abs = VERIFY_TOLERANCES.get(ref.dtype, VERIFY_TOLERANCES[torch.float32])
     ok = finite and rms_ratio <= tol_rms and max_abs <= tol_abs * scale
     return Comparison(rms_ratio, max_abs, str(ref.dtype).replace("torch.", ""), ok)
+
+
+#: profiler events that mean the host waited for the device (a value read back, or a data-dependent shape)
+HOST_SYNC_EVENTS = frozenset({
+    "aten::item", "aten::_local_scalar_dense", "aten::is_nonzero", "aten::nonzero", "aten::equal",
+    "aten::_unique", "aten::_unique2", "aten::unique_dim", "aten::unique_consecutive", "aten::masked_select",
+    "aten::_assert_async", "aten::bincount",
+})
+
+
+def count_host_syncs(fn, *args, **kwargs) -> tuple[dict[str, int], object]:
+    """Run `fn(*args, **kwargs)` under torch.profiler (CPU activity) and count the aten events that force
+    a device -> host synchronisation on an accelerator (`HOST_SYNC_EVENTS`). Works on the CPU: the
+    events are recorded whatever the device. Returns ({event name: count}, fn's result)."""
+    from collections import Counter
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        result = fn(*args, **kwargs)
+    counts = Counter(e.name for e in prof.events() if e.name in HOST_SYNC_EVENTS)
+    return dict(counts), result
