@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from .. import reference
+from ..torch_impl import conv1d as torch_conv1d
 from ._dispatch import register, resolve
 from ._validate import check_same_device, check_tensor
 
@@ -82,3 +83,19 @@ def causal_conv1d_update(
 
 register("causal_conv1d_fn", "reference")(reference.causal_conv1d_fn)
 register("causal_conv1d_update", "reference")(reference.causal_conv1d_update)
+register("causal_conv1d_fn", "torch")(torch_conv1d.causal_conv1d_fn)
+register("causal_conv1d_update", "torch")(torch_conv1d.causal_conv1d_update)
+
+
+@register("causal_conv1d_fn", "triton")
+def _causal_conv1d_fn_triton(x, weight, bias=None, **kw):
+    from ..kernels import conv1d as kernel  # lazily: importing interns2_fast never needs Triton
+
+    return kernel.causal_conv1d_fn(x, weight, bias, **kw)
+
+
+@register("causal_conv1d_update", "triton")
+def _causal_conv1d_update_triton(x, conv_state, weight, bias=None, activation=None):
+    from ..kernels import conv1d as kernel
+
+    return kernel.causal_conv1d_update(x, conv_state, weight, bias, activation)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from .. import reference
+from ..torch_impl import norm_gated as torch_norm_gated
 from ._dispatch import register, resolve
 from ._validate import check_same_device, check_tensor
 
@@ -29,3 +30,11 @@ def rms_norm_gated(
 
 
 register("rms_norm_gated", "reference")(reference.rms_norm_gated)
+register("rms_norm_gated", "torch")(torch_norm_gated.rms_norm_gated)
+
+
+@register("rms_norm_gated", "triton")
+def _rms_norm_gated_triton(x, gate, weight, eps=1e-6):
+    from ..kernels import norm_gated as kernel  # lazily: importing interns2_fast never needs Triton
+
+    return kernel.rms_norm_gated(x, gate, weight, eps)
