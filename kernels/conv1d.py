@@ -1,0 +1,299 @@
+"""Short depthwise causal conv1d (the causal-conv1d package's API): prefill and in-place decode update.
+
+    out[b, d, t] = act(bias[d] + sum_k weight[d, k] * x[b, d, t - (W-1) + k])
+
+Rounding as the transformers fallback (`interns2_fast.reference`): inputs rounded to the weight's
+dtype, taps accumulated in fp32, the sum rounded to the weight's dtype, SiLU on that (fp32 math,
+rounded again to the weight's dtype), result cast to x's dtype.
+
+Kernels (vector-only; persistent grids of vector-core size with the task loop inside):
+  * `_conv1d_fwd_kernel` — prefill. One task per (batch, T tile, D tile). x is read in place with
+    any strides; the tile is laid out [BLOCK_T, BLOCK_D] (D last) when x has stride 1 along D
+    (the transposed projection output transformers passes in) and [BLOCK_D, BLOCK_T] (T last)
+    otherwise, so that the last tile axis is the stride-1 one. The W taps are W shifted loads of
+    the tile; positions before t = 0 read `initial_states` (or zeros); with `seq_idx` a tap never
+    reads across a change of sequence. The task holding a row's last T tile also writes the final
+    states (the last W-1 inputs) when asked.
+  * `_conv1d_update_kernel` — decode. One task per (batch, D tile): reads the old state and x,
+    writes out[:, :, t] for the T new steps, then the new state (the last S inputs of
+    cat(state, x), what the causal-conv1d package and the fallback leave there). Every load of
+    a task precedes its stores, and tasks own disjoint rows, so the in-place update is safe.
+
+Supported: W = 2, 3, 4 are the tested widths; any W <= 8 works (the taps are unrolled, W is a
+constexpr). x any strides; weight [D, W] any strides; fp32/bf16/fp16 (mixed dtypes follow the
+rounding above); conv_state any strides with S >= W - 1; T of the update any (it is a runtime
+loop, meant for a few steps).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from interns2_fast.device import device_guard, interpreting, persistent_grid
+
+from . import LoweringConfig
+
+MAX_WIDTH = 8
+#: prefill tile: BLOCK_T x BLOCK_D (fp32 accumulator 16 KB; W shifted bf16 loads)
+BLOCK_T = 32
+BLOCK_D = 128
+#: update tile along D
+UPDATE_BLOCK_D = 128
+
+
+@triton.jit
+def _round(x, TY: tl.constexpr, EMULATE: tl.constexpr):
+    """fp32 -> TY -> fp32, round to nearest even. Triton's interpreter truncates fp32 -> bf16
+    (hardware rounds), so under the interpreter (EMULATE) bf16 rounding is done on the bits."""
+    if EMULATE and TY == tl.bfloat16:
+        bits = x.to(tl.int32, bitcast=True)
+        bits = bits + 0x7FFF + ((bits >> 16) & 1)
+        return ((bits >> 16) << 16).to(tl.float32, bitcast=True)
+    else:
+        return x.to(TY).to(tl.float32)
+
+
+@triton.jit
+def _via(v, TY: tl.constexpr, EMULATE: tl.constexpr):
+    """A loaded value (any float dtype) as fp32 after rounding to TY (the fallback's `.to(TY)`)."""
+    if v.dtype == TY:
+        return v.to(tl.float32)
+    else:
+        return _round(v.to(tl.float32), TY, EMULATE)
+
+
+@triton.jit
+def _conv1d_fwd_kernel(
+    x_ptr, w_ptr, bias_ptr, init_ptr, seq_ptr, out_ptr, final_ptr,
+    T, D, num_t_tiles, num_d_tiles, num_tasks,
+    sxb, sxd, sxt, swd, swk, sob, sod, sot, sib, sid, sik, ssb, sst, sfb, sfd, sfk,
+    W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, CHANNEL_LAST: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_FINAL: tl.constexpr,
+    SILU: tl.constexpr, EMULATE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    w_ty = w_ptr.dtype.element_ty
+    out_ty = out_ptr.dtype.element_ty
+    ar_t = tl.arange(0, BLOCK_T)
+    ar_d = tl.arange(0, BLOCK_D)
+    ar_f = tl.arange(0, 8)  # final-state slots (W - 1 <= 7)
+    for task in range(pid, num_tasks, nprog):
+        i_b = task // (num_t_tiles * num_d_tiles)
+        rem = task % (num_t_tiles * num_d_tiles)
+        i_t = rem // num_d_tiles
+        i_d = rem % num_d_tiles
+        b64 = tl.cast(i_b, tl.int64)
+        offs_t = i_t * BLOCK_T + ar_t
+        offs_d = i_d * BLOCK_D + ar_d
+        m_d = offs_d < D
+        d64 = tl.cast(offs_d, tl.int64)
+        if CHANNEL_LAST:
+            tt = offs_t[:, None]
+            dd = d64[None, :]
+            mdd = m_d[None, :]
+        else:
+            tt = offs_t[None, :]
+            dd = d64[:, None]
+            mdd = m_d[:, None]
+        m_out = (tt < T) & mdd
+        x_base = x_ptr + b64 * sxb + dd * sxd
+        if HAS_SEQ:
+            seq_t = tl.load(seq_ptr + b64 * ssb + tl.cast(offs_t, tl.int64) * sst, mask=offs_t < T, other=0)
+            if CHANNEL_LAST:
+                seq_t = seq_t[:, None]
+            else:
+                seq_t = seq_t[None, :]
+        acc = tl.zeros((BLOCK_T, BLOCK_D) if CHANNEL_LAST else (BLOCK_D, BLOCK_T), dtype=tl.float32)
+        for k in tl.static_range(W):
+            s = W - 1 - k
+            src = tt - s
+            m_src = m_out & (src >= 0)
+            if HAS_SEQ:
+                seq_s = tl.load(seq_ptr + b64 * ssb + tl.cast(src, tl.int64) * sst, mask=(tt < T) & (src >= 0),
+                                other=0)
+                m_src = m_src & (seq_s == seq_t)
+            xv = tl.load(x_base + tl.cast(src, tl.int64) * sxt, mask=m_src, other=0.0)
+            xv = _via(xv, w_ty, EMULATE)
+            if HAS_INIT:
+                if i_t * BLOCK_T < s:  # only the first T tile reaches back into the initial states
+                    m_init = m_out & (src < 0)
+                    iv = tl.load(init_ptr + b64 * sib + dd * sid + tl.cast(src + (W - 1), tl.int64) * sik,
+                                 mask=m_init, other=0.0)
+                    xv += _via(iv, w_ty, EMULATE)
+            wk = tl.load(w_ptr + d64 * swd + k * swk, mask=m_d, other=0.0).to(tl.float32)
+            if CHANNEL_LAST:
+                acc += xv * wk[None, :]
+            else:
+                acc += xv * wk[:, None]
+        if HAS_BIAS:
+            bv = _via(tl.load(bias_ptr + offs_d, mask=m_d, other=0.0), w_ty, EMULATE)
+            if CHANNEL_LAST:
+                acc += bv[None, :]
+            else:
+                acc += bv[:, None]
+        acc = _round(acc, w_ty, EMULATE)
+        if SILU:
+            acc = _round(acc / (1.0 + tl.exp(-acc)), w_ty, EMULATE)
+        tl.store(out_ptr + b64 * sob + dd * sod + tl.cast(tt, tl.int64) * sot,
+                 _round(acc, out_ty, EMULATE).to(out_ty), mask=m_out)
+
+        if HAS_FINAL:
+            if i_t == num_t_tiles - 1:
+                # final[b, d, j] = input at position T - (W-1) + j (initial states / zeros before 0)
+                pos = T - (W - 1) + ar_f
+                m_f = ar_f < W - 1
+                if CHANNEL_LAST:
+                    pp = pos[:, None]
+                    mf = m_f[:, None] & mdd
+                    jj = ar_f[:, None]
+                else:
+                    pp = pos[None, :]
+                    mf = m_f[None, :] & mdd
+                    jj = ar_f[None, :]
+                m_x = mf & (pp >= 0)
+                fv = tl.load(x_base + tl.cast(pp, tl.int64) * sxt, mask=m_x, other=0.0).to(tl.float32)
+                if HAS_SEQ:
+                    seq_last = tl.load(seq_ptr + b64 * ssb + tl.cast(T - 1, tl.int64) * sst)
+                    seq_p = tl.load(seq_ptr + b64 * ssb + tl.cast(pp, tl.int64) * sst, mask=(pp >= 0) & (pp < T),
+                                    other=0)
+                    fv = tl.where(seq_p == seq_last, fv, 0.0)
+                if HAS_INIT:
+                    m_i = mf & (pp < 0)
+                    iv = tl.load(init_ptr + b64 * sib + dd * sid + tl.cast(pp + (W - 1), tl.int64) * sik,
+                                 mask=m_i, other=0.0)
+                    fv += iv.to(tl.float32)
+                tl.store(final_ptr + b64 * sfb + dd * sfd + tl.cast(jj, tl.int64) * sfk,
+                         fv.to(final_ptr.dtype.element_ty), mask=mf)
+
+
+@triton.jit
+def _conv1d_update_kernel(
+    x_ptr, state_ptr, w_ptr, bias_ptr, out_ptr,
+    T, D, S, num_d_tiles, num_tasks,
+    sxb, sxd, sxt, ssb, ssd, sss, swd, swk, sob, sod, sot,
+    W: tl.constexpr, BLOCK_D: tl.constexpr, S_BLOCK: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SILU: tl.constexpr, EMULATE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    w_ty = w_ptr.dtype.element_ty
+    out_ty = out_ptr.dtype.element_ty
+    ar_d = tl.arange(0, BLOCK_D)
+    ar_s = tl.arange(0, S_BLOCK)
+    for task in range(pid, num_tasks, nprog):
+        i_b = task // num_d_tiles
+        i_d = task % num_d_tiles
+        b64 = tl.cast(i_b, tl.int64)
+        offs_d = i_d * BLOCK_D + ar_d
+        m_d = offs_d < D
+        d64 = tl.cast(offs_d, tl.int64)
+        x_row = x_ptr + b64 * sxb + d64 * sxd
+        s_row = state_ptr + b64 * ssb + d64 * ssd
+        # The new state, read before anything is written: full[T + j] of full = cat(state, x).
+        src = ar_s[None, :] + T
+        m_s = m_d[:, None] & (ar_s[None, :] < S)
+        # (values pass through the weight's dtype on the way, as the fallback's `.to(weight.dtype)` does)
+        s_ty = state_ptr.dtype.element_ty
+        new_state = _via(tl.load(s_row[:, None] + tl.cast(src, tl.int64) * sss, mask=m_s & (src < S),
+                                 other=0.0), w_ty, EMULATE)
+        new_state += _via(tl.load(x_row[:, None] + tl.cast(src - S, tl.int64) * sxt, mask=m_s & (src >= S),
+                                  other=0.0), w_ty, EMULATE)
+        new_state = _round(new_state, s_ty, EMULATE).to(s_ty)
+        if HAS_BIAS:
+            bv = _via(tl.load(bias_ptr + offs_d, mask=m_d, other=0.0), w_ty, EMULATE)
+        for t in range(T):
+            acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+            for k in tl.static_range(W):
+                p = S - (W - 1) + t + k  # position in full = cat(state, x)
+                wk = tl.load(w_ptr + d64 * swd + k * swk, mask=m_d, other=0.0).to(tl.float32)
+                if p < S:
+                    v = tl.load(s_row + tl.cast(p, tl.int64) * sss, mask=m_d, other=0.0)
+                else:
+                    v = tl.load(x_row + tl.cast(p - S, tl.int64) * sxt, mask=m_d, other=0.0)
+                acc += _via(v, w_ty, EMULATE) * wk
+            if HAS_BIAS:
+                acc += bv
+            acc = _round(acc, w_ty, EMULATE)
+            if SILU:
+                acc = _round(acc / (1.0 + tl.exp(-acc)), w_ty, EMULATE)
+            tl.store(out_ptr + b64 * sob + d64 * sod + tl.cast(t, tl.int64) * sot,
+                     _round(acc, out_ty, EMULATE).to(out_ty), mask=m_d)
+        tl.store(s_row[:, None] + tl.cast(ar_s[None, :], tl.int64) * sss, new_state, mask=m_s)
+
+
+def _silu(activation) -> bool:
+    if activation not in (None, "silu", "swish"):
+        raise ValueError(f"causal_conv1d[triton]: activation must be None, 'silu' or 'swish', got {activation!r}")
+    return activation is not None
+
+
+def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, return_final_states=False,
+                     final_states_out=None, activation=None):
+    """See `interns2_fast.ops.causal_conv1d_fn`. x any strides (read in place); out has x's layout
+    when x is dense (the transposed projection output stays channel-last), else contiguous."""
+    B, D, T = x.shape
+    W = weight.shape[1]
+    if W > MAX_WIDTH:
+        raise ValueError(f"causal_conv1d_fn[triton]: kernel width W <= {MAX_WIDTH} supported, got {W}")
+    if seq_idx is not None and initial_states is not None:
+        raise NotImplementedError("causal_conv1d_fn[triton]: seq_idx together with initial_states is not supported")
+    silu = _silu(activation)
+    out = torch.empty_like(x)
+    final = None
+    if return_final_states:
+        final = final_states_out if final_states_out is not None else x.new_empty(B, D, W - 1)
+    channel_last = T == 1 or x.stride(2) != 1  # the stride-1 axis (if any) is the tile's last
+    num_t_tiles = triton.cdiv(T, BLOCK_T)
+    num_d_tiles = triton.cdiv(D, BLOCK_D)
+    num_tasks = B * num_t_tiles * num_d_tiles
+    if num_tasks > 0:
+        dummy = x
+        init = initial_states if initial_states is not None else dummy
+        seq = seq_idx if seq_idx is not None else dummy
+        fin = final if final is not None else dummy
+        sib = init.stride() if initial_states is not None else (0, 0, 0)
+        ssq = seq.stride() if seq_idx is not None else (0, 0)
+        sfn = fin.stride() if final is not None else (0, 0, 0)
+        grid = (persistent_grid(x.device, num_tasks, cube=False),)
+        with device_guard(x):
+            _conv1d_fwd_kernel[grid](
+                x, weight, bias if bias is not None else weight, init, seq, out, fin,
+                T, D, num_t_tiles, num_d_tiles, num_tasks,
+                *x.stride(), *weight.stride(), *out.stride(), *sib, *ssq, *sfn,
+                W=W, BLOCK_T=BLOCK_T, BLOCK_D=BLOCK_D, CHANNEL_LAST=channel_last,
+                HAS_BIAS=bias is not None, HAS_INIT=initial_states is not None, HAS_SEQ=seq_idx is not None,
+                HAS_FINAL=final is not None, SILU=silu, EMULATE=interpreting(),
+            )
+    elif final is not None:  # T == 0: the final states are the initial states (or zeros)
+        final.copy_(initial_states if initial_states is not None else torch.zeros_like(final))
+    if not return_final_states:
+        return out
+    return out, final
+
+
+def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
+    """See `interns2_fast.ops.causal_conv1d_update`: conv_state [B, D, S] (S >= W-1, any strides)
+    is updated in place to the last S inputs; returns out [B, D, T] (contiguous)."""
+    B, D, T = x.shape
+    S = conv_state.shape[2]
+    W = weight.shape[1]
+    if W > MAX_WIDTH:
+        raise ValueError(f"causal_conv1d_update[triton]: kernel width W <= {MAX_WIDTH} supported, got {W}")
+    silu = _silu(activation)
+    out = torch.empty(B, D, T, dtype=x.dtype, device=x.device)
+    num_d_tiles = triton.cdiv(D, UPDATE_BLOCK_D)
+    num_tasks = B * num_d_tiles
+    if num_tasks == 0 or T == 0:
+        return out
+    grid = (persistent_grid(x.device, num_tasks, cube=False),)
+    with device_guard(x):
+        _conv1d_update_kernel[grid](
+            x, conv_state, weight, bias if bias is not None else weight, out,
+            T, D, S, num_d_tiles, num_tasks,
+            *x.stride(), *conv_state.stride(), *weight.stride(), *out.stride(),
+            W=W, BLOCK_D=UPDATE_BLOCK_D, S_BLOCK=triton.next_power_of_2(max(S, 1)),
+            HAS_BIAS=bias is not None, SILU=silu, EMULATE=interpreting(),
+        )
+    return out
