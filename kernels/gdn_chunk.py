@@ -219,16 +219,17 @@ def chunk_gated_delta_rule(
     if cu_seqlens is None:
         N = B
         cu = torch.arange(B + 1, dtype=torch.int32, device=dev) * T
-        chunks = torch.stack(torch.meshgrid(torch.arange(B), torch.arange(n_t), indexing="ij"), -1)
+        ids = torch.arange(B * n_t, dtype=torch.int32, device=dev)  # built on the device: no copy, no sync
+        chunks = torch.stack([ids // n_t, ids % n_t], -1)
     else:
         N = cu_seqlens.numel() - 1
         cu = cu_seqlens.to(device=dev, dtype=torch.int32)
         bounds = cu_seqlens.tolist()  # host sync: the chunk list depends on the lengths
         chunks = torch.tensor(
             [(n, c) for n in range(N) for c in range(triton.cdiv(bounds[n + 1] - bounds[n], BT))],
-            dtype=torch.int64,
-        ).reshape(-1, 2)
-    chunks = chunks.reshape(-1, 2).to(device=dev, dtype=torch.int32).contiguous()
+            dtype=torch.int32,
+        ).reshape(-1, 2).to(dev)
+    chunks = chunks.contiguous()
     n_chunks = chunks.shape[0]
 
     q = q.contiguous()
