@@ -31,7 +31,8 @@ from interns2_fast import device as _device
 from interns2_fast.kernels import LoweringConfig
 
 ROUTER_BLOCK_T = 32  # 32 x 256 fp32 logits on chip; 64 overflows the UB
-ROUTER_BLOCK_H = 64
+ROUTER_BLOCK_H = 128  # 16-bit inputs (bf16 dot on device)
+ROUTER_BLOCK_H_FP32 = 64  # fp32 inputs: a [256, 128] fp32 weight tile would not fit beside the rest
 ALIGN_CHUNK = 256  # slots per histogram / scatter task
 ALIGN_SUB = 32  # slots per on-chip [SUB, E] / [SUB, CHUNK] compare tile
 ALIGN_FILL = 1024  # sentinel rows per fill task
@@ -45,6 +46,7 @@ def _router_kernel(
     T, E, H, stride_h, stride_w,
     TOP_K: tl.constexpr, RENORM: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+    DOT_FP32: tl.constexpr,
 ):
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
@@ -64,10 +66,13 @@ def _router_kernel(
             hh = h0 + offs_h
             mask_h = hh < H
             x = tl.load(h_ptr + offs_t[:, None] * stride_h + hh[None, :],
-                        mask=mask_t[:, None] & mask_h[None, :], other=0.0).to(tl.float32)
+                        mask=mask_t[:, None] & mask_h[None, :], other=0.0)
             w = tl.load(w_ptr + w_rows[:, None] + hh[None, :],
-                        mask=mask_e[:, None] & mask_h[None, :], other=0.0).to(tl.float32)
-            acc += tl.dot(x, tl.trans(w))
+                        mask=mask_e[:, None] & mask_h[None, :], other=0.0)
+            if DOT_FP32:  # the interpreter's bf16 dot is wrong; fp32 inputs take this path anyway
+                x = x.to(tl.float32)
+                w = w.to(tl.float32)
+            acc += tl.dot(x, tl.trans(w))  # bf16 x bf16 products are exact in the fp32 accumulator
         logits = acc.to(logits_ptr.dtype.element_ty)
         tl.store(logits_ptr + offs_t[:, None] * E + offs_e[None, :], logits,
                  mask=mask_t[:, None] & mask_e[None, :])
@@ -212,7 +217,8 @@ def moe_route(hidden: torch.Tensor, weight: torch.Tensor, top_k: int, *, renorma
         _router_kernel[grid](
             hidden, weight, logits, top_w, top_i, T, E, H, hidden.stride(0), weight.stride(0),
             TOP_K=top_k, RENORM=bool(renormalize), BLOCK_T=ROUTER_BLOCK_T, BLOCK_E=max(16, _pow2(E)),
-            BLOCK_H=ROUTER_BLOCK_H, BLOCK_K=_pow2(top_k),
+            BLOCK_H=ROUTER_BLOCK_H_FP32 if hidden.dtype == torch.float32 else ROUTER_BLOCK_H, BLOCK_K=_pow2(top_k),
+            DOT_FP32=_device.interpreting() or hidden.dtype == torch.float32,
         )
     return logits, top_w, top_i
 
@@ -267,7 +273,7 @@ LOWERING_CONFIGS = [
         {"h_ptr": "*bf16", "w_ptr": "*bf16", "logits_ptr": "*bf16", "topw_ptr": "*fp32", "topi_ptr": "*i64",
          "T": "i32", "E": "i32", "H": "i32", "stride_h": "i32", "stride_w": "i32"},
         {"TOP_K": _K, "RENORM": True, "BLOCK_T": ROUTER_BLOCK_T, "BLOCK_E": _E, "BLOCK_H": ROUTER_BLOCK_H,
-         "BLOCK_K": _K},
+         "BLOCK_K": _K, "DOT_FP32": False},
     ),
     LoweringConfig(
         "moe_routing/align_count_E256",
