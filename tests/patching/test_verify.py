@@ -1,0 +1,86 @@
+"""verify mode: the first call of each patched op runs the reference path beside it and compares.
+
+A deliberately broken kernel is registered as the "torch" backend of one op (monkeypatched into the
+dispatch registry for the test only); verify must catch it, warn, put that module back on the
+reference path (so the model's output is the reference output), and record it in the report;
+verify="strict" raises instead. A correct backend passes verify and stays patched.
+"""
+import pytest
+import torch
+
+from interns2_fast import models
+from interns2_fast.ops import _dispatch
+from interns2_fast.patching import VerifyError, patch
+
+
+def _break(monkeypatch, op, how):
+    good = _dispatch._REGISTRY[op].get("torch") or _dispatch._REGISTRY[op]["reference"]
+
+    def broken(*args, **kwargs):
+        return how(good(*args, **kwargs), *args)
+
+    monkeypatch.setitem(_dispatch._REGISTRY[op], "torch", broken)
+
+
+def _scaled(out, *args):
+    if isinstance(out, tuple):
+        return (out[0] * 1.5, *out[1:])
+    return out * 1.5
+
+
+def _corrupt_state(out, x, conv_state, *rest):
+    conv_state.add_(1.0)  # writes garbage into the cache's conv state
+    return out
+
+
+CASES = {
+    "rms_norm_gated": ("linear_attn.norm", _scaled),
+    "chunk_gated_delta_rule": ("linear_attn", _scaled),
+    "causal_conv1d_update": ("linear_attn", _corrupt_state),
+    "moe_experts": ("mlp", _scaled),
+}
+
+
+@pytest.mark.parametrize("op", list(CASES))
+def test_verify_catches_a_broken_kernel_and_falls_back(model_factory, monkeypatch, op):
+    model = model_factory("qwen3_5_moe")
+    ids = torch.randint(0, model.config.vocab_size, (1, 8))
+    gen = dict(max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    with torch.no_grad():
+        ref = model.generate(ids, **gen)
+        _break(monkeypatch, op, CASES[op][1])
+        report = patch(model, backend="torch", verify=True)
+        with pytest.warns(RuntimeWarning, match="beyond tolerance"):
+            out = model.generate(ids, **gen)
+    bad = [r for r in report.verify if not r.ok]
+    assert bad and {r.op for r in bad} <= {op, "moe_block"} and all(r.action == "reverted to reference" for r in bad)
+    suffix = CASES[op][0]
+    assert all(r.path.endswith(suffix) for r in bad)
+    assert set(report.reverted) == {r.path for r in bad}
+    assert torch.equal(out.sequences, ref.sequences)
+    for a, b in zip(out.logits, ref.logits):
+        assert (a - b).abs().max().item() <= 1e-3
+    assert "reverted to reference" in report.to_markdown()
+
+
+def test_verify_strict_raises(model_factory, monkeypatch):
+    model = model_factory("qwen3_5_moe")
+    _break(monkeypatch, "rms_norm_gated", _scaled)
+    patch(model, backend="torch", verify="strict")
+    with torch.no_grad(), pytest.raises(VerifyError, match="linear_attn.norm"):
+        model(torch.randint(0, model.config.vocab_size, (1, 5)))
+
+
+@pytest.mark.parametrize("family", models.FAMILIES)
+def test_verify_passes_correct_backends(model_factory, family):
+    model = model_factory(family)
+    report = patch(model, verify=True)
+    with torch.no_grad():
+        model.generate(torch.randint(0, model.config.vocab_size, (1, 6)), max_new_tokens=3, do_sample=False)
+    assert report.verify and all(r.ok for r in report.verify), [r for r in report.verify if not r.ok]
+    ops_seen = {r.op for r in report.verify}
+    assert {"chunk_gated_delta_rule", "fused_recurrent_gated_delta_rule", "causal_conv1d_fn",
+            "causal_conv1d_update", "gdn_gating", "rms_norm_gated"} <= ops_seen
+    if family != "qwen3_5":
+        assert {"moe_router", "moe_block"} <= ops_seen
+    assert report.reverted == []
