@@ -329,10 +329,13 @@ def measure_decode(model, *, variant: str = "reference", batch: int = 1, prompt_
     num_layers = max(1, len(layers))
     types = [layer_type(model, i) for i in range(len(layers))]
 
+    from interns2_fast.bench import cache_keyword, output_cache
+
+    kw = cache_keyword(model)
     with torch.no_grad():
         out = model(input_ids=prompt, use_cache=True)
-        cache, tok = out.past_key_values, _next_token(out.logits)
-        out = model(input_ids=tok, past_key_values=cache, use_cache=True)  # warm-up step
+        cache, tok = output_cache(out), _next_token(out.logits)
+        out = model(input_ids=tok, use_cache=True, **{kw: cache})  # warm-up step
         tok = _next_token(out.logits)
         activities = [ProfilerActivity.CPU]
         if device.type == "cuda":
@@ -342,7 +345,7 @@ def measure_decode(model, *, variant: str = "reference", batch: int = 1, prompt_
         t0 = time.perf_counter()
         with count_triton_launches() as launches, layer_ranges(model), profile(activities=activities) as prof:
             for _ in range(steps):
-                out = model(input_ids=tok, past_key_values=cache, use_cache=True)
+                out = model(input_ids=tok, use_cache=True, **{kw: cache})
                 tok = _next_token(out.logits)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)

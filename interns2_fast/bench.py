@@ -153,6 +153,24 @@ def model_variant(model, variant: str):
         unpatch(model)
 
 
+def cache_keyword(model) -> str:
+    """The forward keyword that takes the KV / recurrent cache: `cache` in the newest transformers
+    (`past_key_values` is deprecated there), else `past_key_values`."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def output_cache(out):
+    """The cache a forward returned (ModelOutput.past_key_values, or .cache)."""
+    cache = getattr(out, "past_key_values", None)
+    return cache if cache is not None else getattr(out, "cache", None)
+
+
 def _peak_from_profiler_memory_events(prof) -> int | None:
     """Peak of the running sum of the profiler's allocation events (bytes), or None."""
     try:
@@ -372,7 +390,7 @@ def plot_speedup(rows: list[Row], path, title: str = "") -> bool:
             ax.plot(xs, ys, marker="o", label=f"{op} · {backend}")
         ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("sequence length T" if axis == "T" else "batch B")
+        ax.set_xlabel("sequence length / tokens T" if axis == "T" else "batch B")
         ax.set_ylabel("speedup vs reference (×)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="best")
@@ -391,7 +409,9 @@ def repo_root() -> pathlib.Path:
 
 
 def benchmarks_dir() -> pathlib.Path:
-    return repo_root() / "benchmarks"
+    """The suite: beside the package in a source checkout (pip install -e .), else ./benchmarks."""
+    beside = repo_root() / "benchmarks"
+    return beside if beside.is_dir() else pathlib.Path.cwd() / "benchmarks"
 
 
 def suite_paths(suite: str, bench_dir: pathlib.Path) -> list[pathlib.Path]:
@@ -414,12 +434,12 @@ def pytest_command(paths, json_path, *, quick: bool, extra_args=()) -> list[str]
     return cmd + list(extra_args)
 
 
-def _run_streaming(cmd, env, log_path, prefix: str) -> int:
+def _run_streaming(cmd, env, log_path, prefix: str, cwd=None) -> int:
     """Run cmd, echo its lines (prefixed) as they come, keep a log."""
     print(f"[bench] $ {shlex.join(cmd)}", flush=True)
     with open(log_path, "a") as log:
         log.write(f"$ {shlex.join(cmd)}\n")
-        proc = subprocess.Popen(cmd, env=env, cwd=repo_root(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, bufsize=1)
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -452,7 +472,7 @@ def run(suite: str = "all", *, quick: bool = False, out=None, pytest_args=(), co
     """Run a suite; write JSON, results.md, speedup.png (and counts) under `out`; print the table."""
     if suite not in SUITES:
         raise ValueError(f"unknown suite {suite!r}; expected one of {SUITES}")
-    bench_dir = pathlib.Path(bench_dir) if bench_dir else benchmarks_dir()
+    bench_dir = pathlib.Path(bench_dir).resolve() if bench_dir else benchmarks_dir()
     if not bench_dir.is_dir():
         print(f"[bench] no benchmark suite at {bench_dir}: `interns2-fast bench` runs from a source checkout "
               "(git clone, pip install -e .)", file=sys.stderr)
@@ -478,7 +498,7 @@ def run(suite: str = "all", *, quick: bool = False, out=None, pytest_args=(), co
         print(f"[bench] (no {p.relative_to(bench_dir.parent)} in this checkout)", flush=True)
     if paths:
         rc = _run_streaming(pytest_command(paths, json_path, quick=quick, extra_args=pytest_args), env, log_path,
-                            "[pytest]")
+                            "[pytest]", cwd=bench_dir.parent)
         if rc not in (0, 5):
             print(f"[bench] pytest exited {rc}; tabulating what was measured", flush=True)
             status = rc
@@ -486,7 +506,7 @@ def run(suite: str = "all", *, quick: bool = False, out=None, pytest_args=(), co
         cargs = list(counts_args) if counts_args is not None else []
         cmd = [sys.executable, str(bench_dir / "counts.py"), "--json", str(out / "counts.json"),
                "--md", str(out / "counts.md"), *cargs]
-        rc = _run_streaming(cmd, env, log_path, "[counts]")
+        rc = _run_streaming(cmd, env, log_path, "[counts]", cwd=bench_dir.parent)
         if rc != 0:
             status = status or rc
     rows = make_rows(load_benchmarks([json_path]))
@@ -517,6 +537,7 @@ def add_arguments(p) -> None:
                    help="small case lists and few rounds (a few minutes on 2 CPU cores)")
     p.add_argument("--out", help="output folder (default .benchmarks/interns2-fast/<timestamp>/ in the checkout, git-ignored)")
     p.add_argument("--pytest-args", default="", help="extra pytest arguments, e.g. \"-k gdn\"")
+    p.add_argument("--bench-dir", default=None, help="the benchmarks/ folder (default: the checkout's)")
     p.add_argument("--counts-args", default=None,
                    help="arguments for benchmarks/counts.py (default: its own; quick: the scaled-down model)")
 
@@ -526,4 +547,4 @@ def main(args) -> int:
     if counts_args is None and args.quick:
         counts_args = ["--model", "default"]
     return run(args.suite, quick=args.quick, out=args.out, pytest_args=shlex.split(args.pytest_args),
-               counts_args=counts_args)
+               counts_args=counts_args, bench_dir=getattr(args, "bench_dir", None))
