@@ -142,6 +142,11 @@ def model_variant(model, variant: str):
     patch = getattr(interns2_fast, "patch", None)
     unpatch = getattr(interns2_fast, "unpatch", None)
     if patch is None or unpatch is None:
+        try:
+            from .patching import patch, unpatch  # before the top-level export lands
+        except ImportError:
+            patch = unpatch = None
+    if patch is None or unpatch is None:
         raise NotImplementedError("interns2_fast.patch / unpatch are not available in this checkout")
     report = patch(model, backend="triton" if variant == "patched-triton" else "auto")
     summary = getattr(report, "summary", None)
