@@ -2,9 +2,15 @@
 plan (`RoutingPlan`: expert-grouped, block-padded slot order and its inverse), without host sync.
 
 Router (`_router_kernel`, cube grid): one task per BLOCK_T tokens keeps the whole [BLOCK_T, E]
-logit tile on chip: logits = hidden @ weight^T accumulated in fp32 by tl.dot on fp32 tiles over
-H in BLOCK_H steps, rounded to hidden's dtype (as F.linear returns them, so the softmax sees the
-same logits as the reference), fp32 softmax, then top-k by k passes of max + lowest-index argmax.
+logit tile on chip: logits = hidden @ weight^T accumulated in fp32 by tl.dot over H in BLOCK_H
+steps (bf16/fp16 operands on a device, whose products are exact in fp32; fp32 operands under the
+interpreter, whose bf16 dot is wrong, and for fp32 inputs), rounded to hidden's dtype (as F.linear
+returns them, so the softmax sees the same logits as the reference), fp32 softmax, then top-k by
+k passes of max + lowest-index-of-the-max (a min over the ids where p == max, compared in fp32).
+Masked expert columns (E < BLOCK_E) get probability -1 and are never chosen.
+
+Counts and rows are integers below 2**24 and are summed / prefix-summed in fp32 (exact), then
+stored as int32.
 
 Tie rule: among equal probabilities the LOWER expert id wins, and ids come out in descending
 probability order. (torch.topk does not promise this: on the CPU it orders equal values in an
