@@ -20,6 +20,8 @@ Triton runs under TRITON_INTERPRET=1 on small shapes.
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from interns2_fast import ops
 from interns2_fast.ops import _dispatch
@@ -246,11 +248,28 @@ def test_noncontiguous_inputs(backend):
     q, k, v = torch.split(mixed, [Hk * D, Hk * D, Hv * D], dim=-1)
     q, k, v = q.reshape(B, T, Hk, D), k.reshape(B, T, Hk, D), v.reshape(B, T, Hv, D)
     g, beta = -torch.rand(B, T, Hv), torch.rand(B, T, Hv)
-    kw = dict(initial_state=torch.randn(B, Hv, D, D), output_final_state=True, use_qk_l2norm_in_kernel=True)
+    h0 = torch.randn(B, Hv, D, D).transpose(-1, -2)  # a non-contiguous state is read, never written
+    before = h0.clone()
+    kw = dict(initial_state=h0, output_final_state=True, use_qk_l2norm_in_kernel=True)
     o, s = ops.fused_recurrent_gated_delta_rule(q, k, v, g, beta, backend=backend, **kw)
+    assert torch.equal(h0, before)
     o_ref, s_ref = ops.fused_recurrent_gated_delta_rule(q, k, v, g, beta, backend="reference", **kw)
     assert_close(o, o_ref, torch.float32, "o")
     assert_close(s, s_ref, torch.float32, "state")
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    B=st.integers(1, 3), T=st.integers(1, 3), Hk=st.integers(1, 3), G=st.integers(1, 3),
+    K=st.sampled_from([8, 16, 24, 40]), V=st.sampled_from([8, 16, 20, 32]), h0=st.booleans(), l2=st.booleans(),
+)
+def test_torch_backend_property(B, T, Hk, G, K, V, h0, l2):
+    """Any shape (K != V, odd head counts): the torch backend equals the float64 recurrence."""
+    x = make_inputs(B, T, Hk, Hk * G, K, V, torch.float32, h0=h0, l2=l2)
+    o, s = run("torch", x, output_final_state=True, use_qk_l2norm_in_kernel=l2)
+    o_nv, s_nv = naive(x["q"], x["k"], x["v"], x["g"], x["beta"], x["initial_state"], l2=l2)
+    assert_close(o, o_nv, torch.float32, "o")
+    assert_close(s, s_nv, torch.float32, "state")
 
 
 def _gating_args(**over):
