@@ -182,6 +182,7 @@ def layer_ranges(model):
 class Classified:
     compute_ops: collections.Counter = field(default_factory=collections.Counter)  # (scope, name)
     syncs: collections.Counter = field(default_factory=collections.Counter)
+    launches: collections.Counter = field(default_factory=collections.Counter)  # (scope, kernel)
 
 
 def _scope_of(event) -> tuple[str | None, bool]:
@@ -261,6 +262,11 @@ def classify_events(events) -> Classified:
     """
     out = Classified()
     for e in events:
+        if e.name.startswith("triton::"):
+            scope, in_triton = _scope_of(e)
+            if not in_triton:
+                out.launches[(scope or "outside", e.name.split("::", 1)[1])] += 1
+            continue
         if not e.name.startswith("aten::"):
             continue
         scope, in_triton = _scope_of(e)
@@ -364,8 +370,7 @@ def measure_decode(model, *, variant: str = "reference", batch: int = 1, prompt_
     result.launches = sum(launches.values()) / steps
     result.ops_per_layer = result.ops_in_layers / num_layers
     result.syncs_per_layer = result.syncs_in_layers / num_layers
-    # Launches are not attributed to layers: every kernel this project launches runs inside a layer.
-    result.launches_per_layer = result.launches / num_layers
+    result.launches_per_layer = sum(n for (scope, _), n in cls.launches.items() if scope != "outside") / steps / num_layers
     result.device_ops_per_layer = result.ops_per_layer + result.launches_per_layer
 
     per_type: dict[str, dict] = {}
@@ -373,7 +378,10 @@ def measure_decode(model, *, variant: str = "reference", batch: int = 1, prompt_
         n_layers = types.count(t)
         ops = sum(n for (scope, _), n in cls.compute_ops.items() if scope.endswith(f"::{t}"))
         syncs = sum(n for (scope, _), n in cls.syncs.items() if scope.endswith(f"::{t}"))
+        kernels = sum(n for (scope, _), n in cls.launches.items() if scope.endswith(f"::{t}"))
         per_type[t] = {"layers": n_layers, "ops_per_layer": ops / steps / n_layers,
+                       "launches_per_layer": kernels / steps / n_layers,
+                       "device_ops_per_layer": (ops + kernels) / steps / n_layers,
                        "syncs_per_layer": syncs / steps / n_layers}
     result.by_layer_type = per_type
     names = collections.Counter()
@@ -438,20 +446,21 @@ def _fmt(x, digits: int = 1) -> str:
 
 
 def markdown_table(results: list[Counts]) -> str:
-    """One row per variant: per decode token and per layer."""
+    """One row per variant, per decode token: per layer (mean over the stack and per layer type)."""
     types = sorted({t for r in results for t in r.by_layer_type})
-    head = ["variant", "experts impl", "ATen ops / layer", *[f"ops / {t} layer" for t in types],
-            "Triton launches / layer", "device ops / layer", "host syncs / layer", "ops outside layers",
-            "syncs outside layers", "s / token (profiled)"]
+    head = ["variant", "experts impl", "ATen ops / layer", "Triton launches / layer", "device ops / layer",
+            *[f"device ops / {t} layer" for t in types], "host syncs / layer", "outside layers: ops, syncs",
+            "s / token (profiled)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in results:
         if r.error:
             lines.append(f"| {r.variant} | not measured: {r.error} |" + " |" * (len(head) - 2))
             continue
-        row = [r.variant, str(r.experts_implementation), _fmt(r.ops_per_layer),
-               *[_fmt(r.by_layer_type.get(t, {}).get("ops_per_layer")) for t in types],
-               _fmt(r.launches_per_layer), _fmt(r.device_ops_per_layer), _fmt(r.syncs_per_layer),
-               _fmt(r.ops_outside), _fmt(r.syncs_outside), f"{r.seconds_per_token:.3f}"]
+        row = [r.variant, str(r.experts_implementation), _fmt(r.ops_per_layer), _fmt(r.launches_per_layer),
+               _fmt(r.device_ops_per_layer),
+               *[_fmt(r.by_layer_type.get(t, {}).get("device_ops_per_layer")) for t in types],
+               _fmt(r.syncs_per_layer), f"{_fmt(r.ops_outside)}, {_fmt(r.syncs_outside)}",
+               f"{r.seconds_per_token:.3f}"]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

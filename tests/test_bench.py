@@ -148,11 +148,17 @@ def test_triton_launch_counter(counts):
         mask = offs < n
         tl.store(x_ptr + offs, tl.load(x_ptr + offs, mask=mask) + 1.0, mask=mask)
 
+    from torch.profiler import profile, record_function
+
     x = torch.zeros(8)
-    with counts.count_triton_launches() as launches:
+    with counts.count_triton_launches() as launches, profile() as prof:
         _add_one[(1,)](x, 8, BLOCK=8)
-        _add_one[(1,)](x, 8, BLOCK=8)
+        with record_function("layer::0::linear_attention"):
+            _add_one[(1,)](x, 8, BLOCK=8)
     assert dict(launches) == {"_add_one": 2}
+    cls = counts.classify_events(prof.events())
+    assert dict(cls.launches) == {("outside", "_add_one"): 1, ("layer::0::linear_attention", "_add_one"): 1}
+    assert not cls.compute_ops  # the interpreter's host-side copies belong to the launch
     assert torch.equal(x, torch.full((8,), 2.0))
     _add_one[(1,)](x, 8, BLOCK=8)  # not counted once the block is left
     assert sum(launches.values()) == 2
@@ -182,7 +188,7 @@ def test_counts_on_default_model(counts):
     results = counts.run_counts(model, ["reference-eager"], steps=1, prompt_len=4)
     (r,) = results
     assert r.error is None, r.error
-    assert r.num_layers == 4 and r.launches == 0
+    assert r.num_layers == 4 and r.launches == 0 and r.launches_per_layer == 0
     assert set(r.by_layer_type) == {"linear_attention", "full_attention"}
     # the eager experts loop: each decode token hits 8 experts per layer, with host syncs
     assert r.ops_per_layer > 50 and r.syncs_per_layer >= 8
