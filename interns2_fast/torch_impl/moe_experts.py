@@ -58,13 +58,16 @@ def _bmm_slots(x_slots: torch.Tensor, ids: torch.Tensor, gate_up_proj: torch.Ten
 
 def _grouped_cpu(x_sorted: torch.Tensor, counts: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """out[rows of group e] = x_sorted[rows] @ weight[e]^T, groups in expert order (`counts` on the CPU)."""
-    out = x_sorted.new_empty(x_sorted.shape[0], weight.shape[1])
+    pieces = []
     start = 0
     for e, c in enumerate(counts.tolist()):  # host memory already: not a device sync
         if c:
-            torch.mm(x_sorted[start:start + c], weight[e].t(), out=out[start:start + c])
+            # F.linear (not mm into an out= slice): MKL-DNN's path, ~1.3x faster at 16 rows.
+            pieces.append(F.linear(x_sorted[start:start + c], weight[e]))
             start += c
-    return out
+    if not pieces:
+        return x_sorted.new_empty(0, weight.shape[1])
+    return torch.cat(pieces)
 
 
 def _grouped_mm_fn():
