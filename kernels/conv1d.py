@@ -67,11 +67,13 @@ def _via(v, TY: tl.constexpr, EMULATE: tl.constexpr):
 def _conv1d_fwd_kernel(
     x_ptr, w_ptr, bias_ptr, init_ptr, seq_ptr, out_ptr, final_ptr,
     T, D, num_t_tiles, num_d_tiles, num_tasks,
-    sxb, sxd, sxt, swd, swk, sob, sod, sot, sib, sid, sik, ssb, sst, sfb, sfd, sfk,
+    sxb, sxd, sxt, sob, sod, sot, sib, sid, sik, ssb, sst, sfb, sfd, sfk,
     W: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, CHANNEL_LAST: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_SEQ: tl.constexpr, HAS_FINAL: tl.constexpr,
     SILU: tl.constexpr, EMULATE: tl.constexpr,
 ):
+    # Addresses: an int64 scalar base per task (tile origin) plus int32 offsets inside the tile,
+    # linear in tl.arange so that the Ascend adapter sees structured (strided) accesses.
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     w_ty = w_ptr.dtype.element_ty
@@ -84,51 +86,52 @@ def _conv1d_fwd_kernel(
         rem = task % (num_t_tiles * num_d_tiles)
         i_t = rem // num_d_tiles
         i_d = rem % num_d_tiles
+        t0 = i_t * BLOCK_T
+        d0 = i_d * BLOCK_D
         b64 = tl.cast(i_b, tl.int64)
-        offs_t = i_t * BLOCK_T + ar_t
-        offs_d = i_d * BLOCK_D + ar_d
-        m_d = offs_d < D
-        d64 = tl.cast(offs_d, tl.int64)
-        if CHANNEL_LAST:
-            tt = offs_t[:, None]
-            dd = d64[None, :]
-            mdd = m_d[None, :]
-        else:
-            tt = offs_t[None, :]
-            dd = d64[:, None]
-            mdd = m_d[:, None]
-        m_out = (tt < T) & mdd
-        x_base = x_ptr + b64 * sxb + dd * sxd
+        d064 = tl.cast(d0, tl.int64)
+        t064 = tl.cast(t0, tl.int64)
+        m_d = (d0 + ar_d) < D
+        m_t = (t0 + ar_t) < T
+        x_tile = x_ptr + b64 * sxb + d064 * sxd + t064 * sxt
+        if CHANNEL_LAST:  # tile [BLOCK_T, BLOCK_D]
+            tt = ar_t[:, None]
+            od = ar_d[None, :] * sxd
+            m_out = m_t[:, None] & m_d[None, :]
+        else:  # tile [BLOCK_D, BLOCK_T]
+            tt = ar_t[None, :]
+            od = ar_d[:, None] * sxd
+            m_out = m_t[None, :] & m_d[:, None]
         if HAS_SEQ:
-            seq_t = tl.load(seq_ptr + b64 * ssb + tl.cast(offs_t, tl.int64) * sst, mask=offs_t < T, other=0)
-            if CHANNEL_LAST:
-                seq_t = seq_t[:, None]
-            else:
-                seq_t = seq_t[None, :]
+            seq_tile = seq_ptr + b64 * ssb + t064 * sst
+            seq_t = tl.load(seq_tile + tt * sst, mask=(t0 + tt) < T, other=0)
         acc = tl.zeros((BLOCK_T, BLOCK_D) if CHANNEL_LAST else (BLOCK_D, BLOCK_T), dtype=tl.float32)
         for k in tl.static_range(W):
             s = W - 1 - k
-            src = tt - s
-            m_src = m_out & (src >= 0)
+            m_src = m_out & ((t0 + tt) >= s)
             if HAS_SEQ:
-                seq_s = tl.load(seq_ptr + b64 * ssb + tl.cast(src, tl.int64) * sst, mask=(tt < T) & (src >= 0),
-                                other=0)
+                seq_s = tl.load(seq_tile + (tt - s) * sst, mask=((t0 + tt) < T) & ((t0 + tt) >= s), other=0)
                 m_src = m_src & (seq_s == seq_t)
-            xv = tl.load(x_base + tl.cast(src, tl.int64) * sxt, mask=m_src, other=0.0)
-            xv = _via(xv, w_ty, EMULATE)
+            xv = _via(tl.load(x_tile + (tt - s) * sxt + od, mask=m_src, other=0.0), w_ty, EMULATE)
             if HAS_INIT:
-                if i_t * BLOCK_T < s:  # only the first T tile reaches back into the initial states
-                    m_init = m_out & (src < 0)
-                    iv = tl.load(init_ptr + b64 * sib + dd * sid + tl.cast(src + (W - 1), tl.int64) * sik,
-                                 mask=m_init, other=0.0)
+                if t0 < s:  # only the first T tile reaches back into the initial states
+                    # position t0 + tt - s < 0 is initial_states[..., W - 1 + t0 + tt - s]
+                    i_tile = init_ptr + b64 * sib + d064 * sid
+                    if CHANNEL_LAST:
+                        oi = ar_d[None, :] * sid
+                    else:
+                        oi = ar_d[:, None] * sid
+                    m_init = m_out & ((t0 + tt) < s)
+                    iv = tl.load(i_tile + (t0 + tt + (W - 1 - s)) * sik + oi, mask=m_init, other=0.0)
                     xv += _via(iv, w_ty, EMULATE)
-            wk = tl.load(w_ptr + d64 * swd + k * swk, mask=m_d, other=0.0).to(tl.float32)
+            # weight is contiguous [D, W] (the launcher makes it so): int32 offsets, constexpr row stride
+            wk = tl.load(w_ptr + (d0 + ar_d) * W + k, mask=m_d, other=0.0).to(tl.float32)
             if CHANNEL_LAST:
                 acc += xv * wk[None, :]
             else:
                 acc += xv * wk[:, None]
         if HAS_BIAS:
-            bv = _via(tl.load(bias_ptr + offs_d, mask=m_d, other=0.0), w_ty, EMULATE)
+            bv = _via(tl.load(bias_ptr + d0 + ar_d, mask=m_d, other=0.0), w_ty, EMULATE)
             if CHANNEL_LAST:
                 acc += bv[None, :]
             else:
@@ -136,35 +139,39 @@ def _conv1d_fwd_kernel(
         acc = _round(acc, w_ty, EMULATE)
         if SILU:
             acc = _round(acc / (1.0 + tl.exp(-acc)), w_ty, EMULATE)
-        tl.store(out_ptr + b64 * sob + dd * sod + tl.cast(tt, tl.int64) * sot,
-                 _round(acc, out_ty, EMULATE).to(out_ty), mask=m_out)
+        if CHANNEL_LAST:
+            oo = ar_t[:, None] * sot + ar_d[None, :] * sod
+        else:
+            oo = ar_t[None, :] * sot + ar_d[:, None] * sod
+        tl.store(out_ptr + b64 * sob + d064 * sod + t064 * sot + oo, _round(acc, out_ty, EMULATE).to(out_ty),
+                 mask=m_out)
 
         if HAS_FINAL:
             if i_t == num_t_tiles - 1:
                 # final[b, d, j] = input at position T - (W-1) + j (initial states / zeros before 0)
-                pos = T - (W - 1) + ar_f
                 m_f = ar_f < W - 1
                 if CHANNEL_LAST:
-                    pp = pos[:, None]
-                    mf = m_f[:, None] & mdd
                     jj = ar_f[:, None]
+                    mf = m_f[:, None] & m_d[None, :]
+                    od_f = ar_d[None, :]
                 else:
-                    pp = pos[None, :]
-                    mf = m_f[None, :] & mdd
                     jj = ar_f[None, :]
-                m_x = mf & (pp >= 0)
-                fv = tl.load(x_base + tl.cast(pp, tl.int64) * sxt, mask=m_x, other=0.0).to(tl.float32)
+                    mf = m_f[None, :] & m_d[:, None]
+                    od_f = ar_d[:, None]
+                pp = T - (W - 1) + jj
+                row = x_ptr + b64 * sxb + d064 * sxd
+                fv = tl.load(row + tl.cast(pp, tl.int64) * sxt + od_f * sxd, mask=mf & (pp >= 0), other=0.0)
+                fv = fv.to(tl.float32)
                 if HAS_SEQ:
-                    seq_last = tl.load(seq_ptr + b64 * ssb + tl.cast(T - 1, tl.int64) * sst)
-                    seq_p = tl.load(seq_ptr + b64 * ssb + tl.cast(pp, tl.int64) * sst, mask=(pp >= 0) & (pp < T),
-                                    other=0)
+                    seq_row = seq_ptr + b64 * ssb
+                    seq_last = tl.load(seq_row + tl.cast(T - 1, tl.int64) * sst)
+                    seq_p = tl.load(seq_row + tl.cast(pp, tl.int64) * sst, mask=(pp >= 0) & (jj < W - 1), other=0)
                     fv = tl.where(seq_p == seq_last, fv, 0.0)
                 if HAS_INIT:
-                    m_i = mf & (pp < 0)
-                    iv = tl.load(init_ptr + b64 * sib + dd * sid + tl.cast(pp + (W - 1), tl.int64) * sik,
-                                 mask=m_i, other=0.0)
+                    irow = init_ptr + b64 * sib + d064 * sid
+                    iv = tl.load(irow + (pp + (W - 1)) * sik + od_f * sid, mask=mf & (pp < 0), other=0.0)
                     fv += iv.to(tl.float32)
-                tl.store(final_ptr + b64 * sfb + dd * sfd + tl.cast(jj, tl.int64) * sfk,
+                tl.store(final_ptr + b64 * sfb + d064 * sfd + jj * sfk + od_f * sfd,
                          fv.to(final_ptr.dtype.element_ty), mask=mf)
 
 
@@ -240,32 +247,46 @@ def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, re
     if seq_idx is not None and initial_states is not None:
         raise NotImplementedError("causal_conv1d_fn[triton]: seq_idx together with initial_states is not supported")
     silu = _silu(activation)
+    w = weight.contiguous()  # [D, W], tiny
     out = torch.empty_like(x)
+    channel_last = T == 1 or x.stride(2) != 1  # the stride-1 axis (if any) is the tile's last
+    unit_dim = 1 if channel_last else 2
+    # initial / final states in the same orientation as the tile (stride 1 along the tile's last
+    # axis), so that their tile accesses are structured; copies are [B, D, W-1], tiny.
+    init = initial_states
+    if init is not None and init.stride(unit_dim) != 1 and W > 2:
+        init = init.transpose(unit_dim, 3 - unit_dim).contiguous().transpose(unit_dim, 3 - unit_dim)
     final = None
     if return_final_states:
-        final = final_states_out if final_states_out is not None else x.new_empty(B, D, W - 1)
-    channel_last = T == 1 or x.stride(2) != 1  # the stride-1 axis (if any) is the tile's last
+        final = final_states_out if final_states_out is not None else (
+            x.new_empty(B, W - 1, D).transpose(1, 2) if channel_last else x.new_empty(B, D, W - 1))
+    fin = final
+    if fin is not None and fin.stride(unit_dim) != 1 and W > 2:
+        fin = (x.new_empty(B, W - 1, D).transpose(1, 2) if channel_last else x.new_empty(B, D, W - 1))
+    b = bias if bias is None or bias.stride(0) == 1 else bias.contiguous()
     num_t_tiles = triton.cdiv(T, BLOCK_T)
     num_d_tiles = triton.cdiv(D, BLOCK_D)
     num_tasks = B * num_t_tiles * num_d_tiles
     if num_tasks > 0:
         dummy = x
-        init = initial_states if initial_states is not None else dummy
+        sib = init.stride() if init is not None else (0, 0, 0)
+        ssq = seq_idx.stride() if seq_idx is not None else (0, 0)
+        sfn = fin.stride() if fin is not None else (0, 0, 0)
+        init = init if init is not None else dummy
         seq = seq_idx if seq_idx is not None else dummy
-        fin = final if final is not None else dummy
-        sib = init.stride() if initial_states is not None else (0, 0, 0)
-        ssq = seq.stride() if seq_idx is not None else (0, 0)
-        sfn = fin.stride() if final is not None else (0, 0, 0)
+        fin = fin if fin is not None else dummy
         grid = (persistent_grid(x.device, num_tasks, cube=False),)
         with device_guard(x):
             _conv1d_fwd_kernel[grid](
-                x, weight, bias if bias is not None else weight, init, seq, out, fin,
+                x, w, b if b is not None else w, init, seq, out, fin,
                 T, D, num_t_tiles, num_d_tiles, num_tasks,
-                *x.stride(), *weight.stride(), *out.stride(), *sib, *ssq, *sfn,
+                *x.stride(), *out.stride(), *sib, *ssq, *sfn,
                 W=W, BLOCK_T=BLOCK_T, BLOCK_D=BLOCK_D, CHANNEL_LAST=channel_last,
                 HAS_BIAS=bias is not None, HAS_INIT=initial_states is not None, HAS_SEQ=seq_idx is not None,
                 HAS_FINAL=final is not None, SILU=silu, EMULATE=interpreting(),
             )
+        if final is not None and fin is not final:
+            final.copy_(fin)
     elif final is not None:  # T == 0: the final states are the initial states (or zeros)
         final.copy_(initial_states if initial_states is not None else torch.zeros_like(final))
     if not return_final_states:
@@ -297,3 +318,42 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
             HAS_BIAS=bias is not None, SILU=silu, EMULATE=interpreting(),
         )
     return out
+
+
+def _fwd_config(name, channel_last, unit_extra=(), **flags):
+    """A production prefill launch. Triton specialises integer arguments equal to 1 at launch, so
+    the stride-1 axis of x and out (D for channel-last input, T otherwise) is a constant here, as in
+    the binary a real launch compiles; the other strides and T, D are runtime arguments."""
+    unit = (("sxd", "sod") if channel_last else ("sxt", "sot")) + tuple(unit_extra)
+    ints = ["T", "D", "num_t_tiles", "num_d_tiles", "num_tasks", "sxb", "sxd", "sxt", "sob", "sod",
+            "sot", "sib", "sid", "sik", "ssb", "sst", "sfb", "sfd", "sfk"]
+    sig = {p: "*bf16" for p in ("x_ptr", "w_ptr", "bias_ptr", "init_ptr")}
+    sig["seq_ptr"] = "*i32"
+    sig.update({"out_ptr": "*bf16", "final_ptr": "*bf16"})
+    sig.update({n: "i32" for n in ints if n not in unit})
+    constants = dict(W=4, BLOCK_T=BLOCK_T, BLOCK_D=BLOCK_D, CHANNEL_LAST=channel_last, HAS_BIAS=False,
+                     HAS_INIT=False, HAS_SEQ=False, HAS_FINAL=False, SILU=True, EMULATE=False)
+    constants.update(flags)
+    constants.update({n: 1 for n in unit})
+    return LoweringConfig(name, _conv1d_fwd_kernel, sig, constants)
+
+
+_UPDATE_SIGNATURE = {
+    "x_ptr": "*bf16", "state_ptr": "*bf16", "w_ptr": "*bf16", "bias_ptr": "*bf16", "out_ptr": "*bf16",
+    **{name: "i32" for name in ("T", "D", "S", "num_d_tiles", "num_tasks", "sxb", "sxd", "sxt", "ssb", "ssd", "sss",
+                                "swd", "swk", "sob", "sod", "sot")},
+}
+
+# Intern-S2: D = 2*2048 + 4096 = 8192 channels, W = 4, SiLU, no bias, bf16; T and B are runtime
+# arguments. The model's prefill input is the transposed projection output (channel-last).
+LOWERING_CONFIGS = [
+    _fwd_config("conv1d/fwd_channel_last_w4_bf16", True),
+    _fwd_config("conv1d/fwd_time_contiguous_w4_bf16", False),
+    # initial / final states: the launcher hands them over channel-last too (sid = sfd = 1)
+    _fwd_config("conv1d/fwd_channel_last_w4_bias_init_final_bf16", True, HAS_BIAS=True, HAS_INIT=True,
+                HAS_FINAL=True, unit_extra=("sid", "sfd")),
+    _fwd_config("conv1d/fwd_channel_last_w4_seq_idx_final_bf16", True, HAS_SEQ=True, HAS_FINAL=True),
+    # decode: the transformers cache keeps S = W = 4 steps (S_BLOCK 4); T = 1 (a runtime loop).
+    LoweringConfig("conv1d/update_w4_s4_bf16", _conv1d_update_kernel, _UPDATE_SIGNATURE,
+                   dict(W=4, BLOCK_D=UPDATE_BLOCK_D, S_BLOCK=4, HAS_BIAS=False, SILU=True, EMULATE=False)),
+]
