@@ -25,8 +25,6 @@ supported by these hooks.
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 
@@ -78,30 +76,40 @@ def register_experts_implementation(name: str = EXPERTS_IMPLEMENTATION) -> str:
 # router
 
 
-@functools.lru_cache(maxsize=None)
-def _probe_router_class(cls: type) -> bool:
-    """Run `cls.forward` (the class's own, unpatched forward) on a zero input: a router that returns
-    softmax probabilities gives 1/E in its first slot, one that returns logits gives 0."""
-    router = cls.__new__(cls)
-    torch.nn.Module.__init__(router)
-    router.weight = torch.nn.Parameter(torch.zeros(2, 4, dtype=torch.bfloat16), requires_grad=False)
-    router.top_k, router.num_experts, router.hidden_dim = 1, 2, 4
-    with torch.no_grad():
-        first = cls.forward(router, torch.zeros(1, 4, dtype=torch.bfloat16))[0]
-    return bool(first.float().abs().sum() > 0)
+_ROUTER_RETURNS_PROBS: dict[type, bool] = {}
 
 
 def router_semantics(router: torch.nn.Module) -> bool:
     """True when the installed router returns softmax probabilities (fp32) in its first slot
-    (transformers 5.2), False when it returns the raw logits (later versions)."""
-    return _probe_router_class(type(router))
+    (transformers 5.2), False when it returns the raw logits (later versions).
+
+    Found once per router class by running the class's own (unpatched) forward on a zero token with
+    a tiny CPU stand-in that carries the instance's plain attributes (top_k, norm_topk_prob, ...):
+    probabilities give 1/E in slot 0, logits give 0. Works for routers on any device, meta included.
+    """
+    cls = type(router)
+    if cls not in _ROUTER_RETURNS_PROBS:
+        probe = cls.__new__(cls)
+        torch.nn.Module.__init__(probe)
+        for name, value in vars(router).items():
+            if not name.startswith("_") and isinstance(value, (bool, int, float, str)):
+                setattr(probe, name, value)
+        probe.weight = torch.nn.Parameter(torch.zeros(2, 4), requires_grad=False)
+        probe.top_k, probe.num_experts, probe.hidden_dim = 1, 2, 4
+        with torch.no_grad():
+            first = cls.forward(probe, torch.zeros(1, 4))[0]
+        _ROUTER_RETURNS_PROBS[cls] = bool(first.float().abs().sum() > 0)
+    return _ROUTER_RETURNS_PROBS[cls]
 
 
 def router_forward(router: torch.nn.Module, hidden_states: torch.Tensor, *, backend: str | None = None):
     """What the installed router's forward returns, computed by `ops.moe_route`:
-    (probs fp32 | logits, top-k weights in that slot's dtype, top-k ids int64)."""
-    hidden = hidden_states.reshape(-1, router.hidden_dim)
-    logits, weights, ids = ops.moe_route(hidden, router.weight, router.top_k, backend=_backend(router, backend))
+    (probs fp32 | logits, top-k weights in that slot's dtype, top-k ids int64). A router with
+    `norm_topk_prob=False` (a Qwen3-Next option) skips the renormalisation."""
+    hidden = hidden_states.reshape(-1, router.weight.shape[1])
+    renorm = bool(getattr(router, "norm_topk_prob", True))
+    logits, weights, ids = ops.moe_route(hidden, router.weight, router.top_k, renormalize=renorm,
+                                         backend=_backend(router, backend))
     first = torch.softmax(logits, dim=-1, dtype=torch.float32) if router_semantics(router) else logits
     return first, weights.to(first.dtype), ids
 
@@ -113,11 +121,17 @@ def router_forward(router: torch.nn.Module, hidden_states: torch.Tensor, *, back
 def sparse_moe_block_forward(block: torch.nn.Module, hidden_states: torch.Tensor, *,
                              backend: str | None = None) -> torch.Tensor:
     """The sparse-MoE block: router -> experts (+ sigmoid-gated shared expert fused into the
-    combine) -> [B, L, H], as the installed block's forward returns it."""
+    combine) -> [B, L, H], as the installed block's forward returns it. The router runs through
+    `router_forward`, or as a module call when it carries forward hooks (transformers records
+    `output_router_logits` with them) or a patched forward."""
     backend = _backend(block, backend)
     shape = hidden_states.shape
     x = hidden_states.reshape(-1, shape[-1])
-    _, weights, ids = router_forward(block.gate, x, backend=backend)
+    router = block.gate
+    if router._forward_hooks or router._forward_pre_hooks or "forward" in vars(router):
+        _, weights, ids = router(x)  # hooked (e.g. output_router_logits) or patched: keep the module call
+    else:
+        _, weights, ids = router_forward(router, x, backend=backend)
     shared_out = block.shared_expert(x)
     shared_gate = block.shared_expert_gate(x)  # [T, 1] logits
     experts = block.experts

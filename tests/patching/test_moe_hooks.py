@@ -123,3 +123,33 @@ def test_registered_experts_implementation(backend, dtype):
             experts.config._experts_implementation = "eager"
     assert got.dtype == want.dtype and got.shape == want.shape
     assert _rms(got, want) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("norm_topk_prob", [True, False])
+def test_router_forward_qwen3_next_router(norm_topk_prob):
+    from transformers import Qwen3NextConfig
+    from transformers.models.qwen3_next.modeling_qwen3_next import Qwen3NextSparseMoeBlock
+
+    cfg = Qwen3NextConfig(hidden_size=H, num_experts=E, num_experts_per_tok=K, moe_intermediate_size=I,
+                          shared_expert_intermediate_size=I, num_hidden_layers=1, norm_topk_prob=norm_topk_prob)
+    cfg._experts_implementation = "eager"
+    block = Qwen3NextSparseMoeBlock(cfg).eval()
+    with torch.no_grad():
+        block.gate.weight.copy_(torch.randn(E, H) * 0.5)
+        x = torch.randn(5, H)
+        want, got = block.gate(x), hooks.router_forward(block.gate, x, backend="torch")
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_sparse_block_keeps_router_hooks():
+    block = tiny_block()
+    seen = []
+    handle = block.gate.register_forward_hook(lambda m, args, out: seen.append(out[0]))
+    try:
+        with torch.no_grad():
+            hooks.sparse_moe_block_forward(block, torch.randn(1, 4, H), backend="torch")
+    finally:
+        handle.remove()
+    assert len(seen) == 1 and seen[0].shape == (4, E)
