@@ -96,16 +96,13 @@ def _dense(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2
     eg = gc.exp()
     # u = T (beta v) and w = T (beta exp(gc) k) are never formed: per chunk
     # v_new = u - w S = T (beta v - beta exp(gc) k S), which saves the C*C*K product of w.
-    vb = vc * bc[..., None]  # [NT, B, Hk, G, C, V]
-    kb = kc * (bc * eg)[..., None]  # [NT, B, Hk, G, C, K]
-    del vc
-    qg = qc * eg[..., None]  # q * exp(gc): reads the state at the chunk start
+    vb = vc.mul_(bc[..., None]).view(NT, BH, C, V)  # beta v, in place
+    kbs = bc * eg  # row scales of k for w: beta exp(gc)
     g_last = gc[..., -1:]  # padding has g = 0, so this is the last real token's cumulative gate
-    kd = kc * (g_last - gc).exp_()[..., None]  # k * exp(g_last - gc): writes into the state
+    kds = (g_last - gc).exp_()  # row scales of k for the state update: exp(g_last - gc)
     dl = g_last.exp().view(NT, BH, 1, 1)
-
     tinv = tinv.view(NT, BH, C, C)
-    vb, kb, qg, kd = vb.view(NT, BH, C, V), kb.view(NT, BH, C, K), qg.view(NT, BH, C, K), kd.view(NT, BH, C, K)
+
     if initial_state is None:
         state = torch.zeros(BH, K, V, dtype=f32, device=dev)
     else:
@@ -113,11 +110,17 @@ def _dense(q, k, v, g, beta, scale, initial_state, output_final_state, use_qk_l2
     o = torch.empty(NT, BH, C, V, dtype=f32, device=dev)
     v_new = torch.empty(NT, BH, C, V, dtype=f32, device=dev)
     tmp = torch.empty(BH, C, V, dtype=f32, device=dev)
+    # per-chunk row-scaled copies of q / k for the value heads (small, cache-resident buffers)
+    qg, kb, kd = (torch.empty(B, Hk, G, C, K, dtype=f32, device=dev) for _ in range(3))
+    qg_, kb_, kd_ = qg.view(BH, C, K), kb.view(BH, C, K), kd.view(BH, C, K)
     for c in range(NT):  # the sequential inter-chunk state pass
-        torch.bmm(qg[c], state, out=o[c])
-        torch.baddbmm(vb[c], kb[c], state, alpha=-1.0, out=tmp)
+        torch.mul(qc[c], eg[c, ..., None], out=qg)  # q exp(gc): reads the state at the chunk start
+        torch.mul(kc[c], kbs[c, ..., None], out=kb)
+        torch.mul(kc[c], kds[c, ..., None], out=kd)
+        torch.bmm(qg_, state, out=o[c])
+        torch.baddbmm(vb[c], kb_, state, alpha=-1.0, out=tmp)
         torch.bmm(tinv[c], tmp, out=v_new[c])
-        state.mul_(dl[c]).baddbmm_(kd[c].transpose(-1, -2), v_new[c])
+        state.mul_(dl[c]).baddbmm_(kd_.transpose(-1, -2), v_new[c])
     # intra-chunk term, batched over all chunks: o += attn @ v_new
     o = o.view(NT * BH, C, V).baddbmm_(attn.reshape(NT * BH, C, C), v_new.view(NT * BH, C, V))
     out = _from_chunks(o.view(NT, B, Hv, C, V), T, q.dtype)
