@@ -137,11 +137,23 @@ def test_deterministic(backend, T):
     assert torch.equal(a, b)
 
 
-def test_int32_ids_match_int64():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_int32_ids_match_int64(backend):
     args = make(9, 8, 8, torch.float32)
-    a = ops.moe_experts(*args, backend="torch")
-    b = ops.moe_experts(args[0], args[1].to(torch.int32), *args[2:], backend="torch")
+    a = _run(backend, *args)
+    b = _run(backend, args[0], args[1].to(torch.int32), *args[2:])
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("T", [3, 40])
+def test_repeated_expert_within_a_token(backend, T):
+    # Not produced by top-k, but the eager loop sums both slots; so must every backend.
+    ids = torch.tensor([[2, 2, 5]] * T)
+    args = make(T, 8, 3, torch.float32, ids=ids)
+    out = _run(backend, *args)
+    _close(out, loop64(*args), TOL[torch.float32]["loop"])
+    _close(out, ops.moe_experts(*args, backend="reference"), TOL[torch.float32]["ref"])
 
 
 def test_bad_inputs_name_the_op():
