@@ -1,4 +1,4 @@
-"""The `interns2-fast` command: info | lower (and the commands later issues add)."""
+"""The `interns2-fast` command: info | lower | bench | demo | check | generate."""
 from __future__ import annotations
 
 import argparse
@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import add_arguments as _bench_arguments
 
     _bench_arguments(p)
+    from .usercmds import add_user_commands
+
+    add_user_commands(sub)  # demo, check, generate
     return parser
 
 
@@ -91,6 +94,10 @@ def main(argv=None, *, configs=None) -> int:
         from .bench import main as _bench_main
 
         return _bench_main(args)
+    if args.command in ("demo", "check", "generate"):
+        from .usercmds import run_user_command
+
+        return run_user_command(args)
     raise SystemExit(f"unknown command {args.command}")
 
 

@@ -41,6 +41,10 @@ from .state import ModuleState, verify_outputs
 OP_RECORDER: contextvars.ContextVar[dict | None] = contextvars.ContextVar("interns2_fast_op_recorder", default=None)
 
 
+#: tokens per sequence of the GDN layer call in progress (the gating and the norm cannot tell it from shapes)
+_PHASE_TOKENS: contextvars.ContextVar[int | None] = contextvars.ContextVar("interns2_fast_phase", default=None)
+
+
 @contextlib.contextmanager
 def record_ops():
     """Capture the first call of each (op, phase) made by patched layers: {key: (fn, args, kwargs, backend)}."""
@@ -74,10 +78,7 @@ def call_op(state: ModuleState, family: str, fn, *args, mutable=(), **kwargs):
     """
     backend = state.backend(family)
     name = fn.__name__
-    rec = OP_RECORDER.get()
-    if rec is not None:
-        phase = "decode" if (args and isinstance(args[0], torch.Tensor) and _seq_len(name, args[0]) == 1) else "prefill"
-        rec.setdefault((name, phase), (family, fn, args, kwargs, backend, mutable))
+    record_call(family, fn, args, kwargs, backend, mutable)
     if not state.verify or name in state.verified or not state.active:
         return fn(*args, backend=backend, **kwargs)
     state.verified.add(name)
@@ -96,6 +97,20 @@ def call_op(state: ModuleState, family: str, fn, *args, mutable=(), **kwargs):
     if isinstance(reference, tuple):
         return tuple(swap.get(id(r), r) if isinstance(r, torch.Tensor) else r for r in reference)
     return swap.get(id(reference), reference)
+
+
+def record_call(family, fn, args, kwargs, backend, mutable=(), tokens: int | None = None):
+    """Inside `record_ops()`: keep the first call of each (op, phase) for timing it later."""
+    rec = OP_RECORDER.get()
+    if rec is None:
+        return
+    name = fn.__name__
+    if tokens is None:
+        tokens = _PHASE_TOKENS.get()
+    if tokens is None:
+        tokens = _seq_len(name, args[0]) if args and isinstance(args[0], torch.Tensor) else -1
+    phase = "decode" if tokens == 1 else "prefill"
+    rec.setdefault((name, phase), (family, fn, args, kwargs, backend, mutable))
 
 
 def _seq_len(name: str, x: torch.Tensor) -> int:
@@ -163,10 +178,13 @@ def gdn_forward(self, state: ModuleState, hidden_states, cache_params=None, cach
         kw["cache" if "cache" in params else "cache_params"] = cache
         return state.original(hidden_states, **kw)
     _fire_hooks(self, ("conv1d",), pre=True)
+    token = _PHASE_TOKENS.set(hidden_states.shape[1]) if OP_RECORDER.get() is not None else None
     try:
         with device_guard(hidden_states):
             return _gdn_forward(self, state, protocol, hidden_states, cache, cache_position, attention_mask, kwargs)
     finally:
+        if token is not None:
+            _PHASE_TOKENS.reset(token)
         _fire_hooks(self, ("conv1d",), pre=False)
 
 

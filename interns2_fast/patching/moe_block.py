@@ -21,6 +21,7 @@ import torch
 
 from .. import ops
 from ..device import device_guard
+from .gdn import record_call
 from .state import ModuleState, get_state, verified_module_call
 
 _SLOT0_IS_PROBS: dict[type, bool] = {}
@@ -40,6 +41,8 @@ def router_slot0_is_probs(router: torch.nn.Module, original) -> bool:
 def _route(router, backend, hidden_states, slot0_is_probs):
     hidden = hidden_states.reshape(-1, router.weight.shape[1])
     renorm = bool(getattr(router, "norm_topk_prob", True))
+    record_call("moe", ops.moe_route, (hidden, router.weight, router.top_k), dict(renormalize=renorm), backend,
+                tokens=hidden.shape[0])
     logits, weights, ids = ops.moe_route(hidden, router.weight, router.top_k, renormalize=renorm, backend=backend)
     first = torch.softmax(logits, dim=-1, dtype=torch.float32) if slot0_is_probs else logits
     return first, weights.to(first.dtype), ids
@@ -65,8 +68,10 @@ def block_impl(block, state: ModuleState, hidden_states, *args, **kwargs):
             gate = getattr(m, "shared_expert_gate", None)
             shared_gate = gate(x) if (gate is not None and shared_out is not None) else None
             experts = m.experts
-            out = ops.moe_experts(x, ids, weights, experts.gate_up_proj, experts.down_proj, backend=backend,
-                                  shared_expert_output=shared_out, shared_expert_gate=shared_gate)
+            args = (x, ids, weights, experts.gate_up_proj, experts.down_proj)
+            kw = dict(shared_expert_output=shared_out, shared_expert_gate=shared_gate)
+            record_call("moe", ops.moe_experts, args, kw, backend, tokens=x.shape[0])
+            out = ops.moe_experts(*args, backend=backend, **kw)
         return out.reshape(shape)
 
     return verified_module_call(block, state, run, hidden_states)
