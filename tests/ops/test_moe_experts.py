@@ -178,3 +178,17 @@ def test_npu_native_without_torch_npu_is_a_clear_error():
 
     with pytest.raises(RuntimeError, match="torch_npu"):
         moe_npu_native.moe_experts(*make(2, 8, 2, torch.float32))
+
+
+@pytest.mark.parametrize("T,dtype", [(2, torch.float32), (20, torch.bfloat16)], ids=["decode-fp32", "grouped-bf16"])
+def test_torch_accelerator_paths_read_nothing_back(T, dtype):
+    # On "meta" any read of a value to the host raises: the paths an accelerator takes (the
+    # gathered-weights bmm for decode, grouped_mm for bf16 prefill) must not read anything back.
+    from interns2_fast.torch_impl import moe_experts as impl
+
+    if T * 8 > impl.DECODE_SLOTS and not hasattr(torch.nn.functional, "grouped_mm"):
+        pytest.skip("this torch has no F.grouped_mm")
+    hidden, ids, w, gu, dn = (t.to("meta") for t in make(T, 8, 8, dtype))
+    out = impl.moe_experts(hidden, ids, w, gu, dn, shared_expert_output=torch.empty(T, H, device="meta", dtype=dtype),
+                           shared_expert_gate=torch.empty(T, 1, device="meta", dtype=dtype))
+    assert out.device.type == "meta" and out.shape == (T, H) and out.dtype == dtype
