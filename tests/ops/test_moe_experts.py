@@ -192,3 +192,25 @@ def test_torch_accelerator_paths_read_nothing_back(T, dtype):
     out = impl.moe_experts(hidden, ids, w, gu, dn, shared_expert_output=torch.empty(T, H, device="meta", dtype=dtype),
                            shared_expert_gate=torch.empty(T, 1, device="meta", dtype=dtype))
     assert out.device.type == "meta" and out.shape == (T, H) and out.dtype == dtype
+
+
+def test_triton_gemms_skip_blocks_past_num_rows():
+    # Rows at or past plan.num_rows must stay untouched (the grid covers the static max_rows).
+    pytest.importorskip("triton")
+    from interns2_fast import device as _device
+    from interns2_fast.kernels import moe_experts as km
+
+    T, E, k, bm = 12, 8, 2, 16
+    hidden, ids, w, gu, dn = make(T, E, k, torch.float32, ids=torch.tensor([[1, 6]] * T))
+    plan = moe_ops.moe_align(ids, E, bm)
+    max_rows, used = plan.sorted_slots.shape[0], int(plan.num_rows)
+    assert used < max_rows
+    inter = torch.full((max_rows, I), float("nan"))
+    n_tasks = (max_rows // bm) * (I // min(km.GU_BLOCK_N, I))
+    km._gate_up_kernel[(_device.persistent_grid(hidden.device, n_tasks, cube=True),)](
+        hidden, gu, inter, plan.sorted_slots, plan.block_expert, plan.num_rows, T * k, n_tasks,
+        H=H, I=I, K_TOP=k, BLOCK_M=bm, BLOCK_N=min(km.GU_BLOCK_N, I), BLOCK_K=min(km.GU_BLOCK_K, H), DOT_FP32=True)
+    assert torch.isfinite(inter[:used]).all() and torch.isnan(inter[used:]).all()
+    # padding rows inside a group are computed from zero input: exactly zero
+    pad = plan.sorted_slots[:used] == T * k
+    assert pad.any() and (inter[:used][pad] == 0).all()
