@@ -112,11 +112,23 @@ def make_params(D, W, dtype, bias):
 FN_CASES = [(1, False, False, "transposed", "return"), (3, True, True, "contiguous", "out")]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("case", range(len(FN_CASES)))
-@pytest.mark.parametrize("W", [2, 3, 4])
-@pytest.mark.parametrize("T", [1, 2, 3, 4, 5, 100])
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def covering(Ts, Ws, n_cases):
+    """(backend, dtype, T, W, case): every combination for torch; for triton (interpreted, slow)
+    each (dtype, T, W) once, with the cases alternating, so that every case meets every dtype, T, W."""
+    params = []
+    for i_dt, dtype in enumerate(DTYPES):
+        for i_t, T in enumerate(Ts):
+            for i_w, W in enumerate(Ws):
+                for case in range(n_cases):
+                    ids = f"{str(dtype).replace('torch.', '')}-T{T}-W{W}-case{case}"
+                    params.append(pytest.param("torch", dtype, T, W, case, id=f"torch-{ids}"))
+                    if (i_dt + i_t + i_w + case) % n_cases == 0:
+                        params.append(pytest.param("triton", dtype, T, W, case, id=f"triton-{ids}",
+                                                   marks=pytest.mark.skipif(not _HAS_TRITON, reason="triton missing")))
+    return params
+
+
+@pytest.mark.parametrize("backend,dtype,T,W,case", covering([1, 2, 3, 4, 5, 100], [2, 3, 4], len(FN_CASES)))
 def test_fn_matches_fallback_and_loop(backend, dtype, T, W, case):
     B, bias, init, layout, final = FN_CASES[case]
     D = 40
@@ -154,11 +166,7 @@ def test_fn_layouts_no_activation_multi_tile(backend, layout):
 UPDATE_CASES = [(1, False, 0, "contiguous"), (3, True, 1, "transposed")]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("case", range(len(UPDATE_CASES)))
-@pytest.mark.parametrize("W", [2, 3, 4])
-@pytest.mark.parametrize("T", [1, 2, 3, 5])
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("backend,dtype,T,W,case", covering([1, 2, 3, 5], [2, 3, 4], len(UPDATE_CASES)))
 def test_update_matches_fallback_and_loop(backend, dtype, T, W, case):
     B, bias, extra, layout = UPDATE_CASES[case]
     D, S = 40, W - 1 + extra
