@@ -11,13 +11,15 @@ Chunked form, per chunk of BT = 64 tokens with gc = cumsum(g) inside the chunk:
   S  <- exp(gc_last) S + (k exp(gc_last - gc))^T v'
 
 Launches:
-  1. `_gdn_chunk_prep_kernel`, one task per (chunk, key head): K K^T once per key head, then for
-     each of its G value heads the gate cumsum, the decayed beta K K^T, (I + A)^-1 in registers
-     (forward substitution on the four 16x16 diagonal blocks at once, 16 steps, then a merge
-     with four 64x64 dots), and w, u (fp32 workspaces [Hv, T, K] / [Hv, T, V]).
+  1. `_gdn_chunk_prep_kernel`, one task per (chunk, key head): K K^T once per key head (over K
+     tiles of 64), then for each of its G value heads the gate cumsum, the decayed beta K K^T,
+     (I + A)^-1 in registers (forward substitution on the four 16x16 diagonal blocks at once,
+     16 steps, then a merge with four 64x64 dots), and w, u (fp32 workspaces [Hv, T, K] /
+     [Hv, T, V]); with the L2 norm also 1/|k| per token ([Hk, T]).
   2. `_gdn_chunk_fwd_kernel`, one task per (sequence, value head, V tile): the sequential pass
-     over the sequence's chunks with the state slice S[:, V tile] in registers, writing o and
-     the final state.
+     over the sequence's chunks with the state slice S[:, V tile] in registers (as one or two
+     K tiles of up to 128 rows), writing o and the final state. Row scales (scale, L2 norms,
+     decays) are applied outside the K-tile products, so each q/k tile is loaded once.
 Both use persistent grids (cube cores: they use tl.dot) with the task loop inside.
 
 Chunks never cross sequence boundaries: with `cu_seqlens` the launcher builds the chunk list
@@ -42,7 +44,7 @@ MAX_HEAD_DIM = 256
 
 @triton.jit
 def _gdn_chunk_prep_kernel(
-    k_ptr, v_ptr, g_ptr, beta_ptr, cu_ptr, chunks_ptr, w_ptr, u_ptr,
+    k_ptr, v_ptr, g_ptr, beta_ptr, cu_ptr, chunks_ptr, w_ptr, u_ptr, rk_ptr,
     total_t, num_tasks,
     HK: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, USE_L2: tl.constexpr,
@@ -78,6 +80,7 @@ def _gdn_chunk_prep_kernel(
             b_ss += tl.sum(b_kt * b_kt, 1)
         if USE_L2:
             b_rn = tl.rsqrt(b_ss + 1e-6)  # q/k L2 norm: k_i.k_j / (|k_i| |k_j|)
+            tl.store(rk_ptr + tl.cast(i_hk, tl.int64) * total_t + tok64, b_rn, mask=m_t)  # for the fwd kernel
         else:
             b_rn = tl.full([BT], 1.0, dtype=tl.float32)
         b_kk = b_kk * b_rn[:, None] * b_rn[None, :]  # once per key head, shared by its G value heads
@@ -128,19 +131,23 @@ def _gdn_chunk_prep_kernel(
 
 @triton.jit
 def _gdn_chunk_fwd_kernel(
-    q_ptr, k_ptr, w_ptr, u_ptr, g_ptr, cu_ptr, h0_ptr, ht_ptr, o_ptr,
+    q_ptr, k_ptr, w_ptr, u_ptr, g_ptr, rk_ptr, cu_ptr, h0_ptr, ht_ptr, o_ptr,
     scale, total_t, num_tasks,
     HK: tl.constexpr, G: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, NK: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr,
     USE_L2: tl.constexpr, HAS_H0: tl.constexpr, STORE_FINAL: tl.constexpr,
 ):
+    # K is covered by NK (1 or 2) tiles of BK (<= 128): the state slice is held as S0 = S[:BK] and,
+    # when K > BK, S1 = S[BK:], so that no [BT, K] tile wider than BK is ever live (UB budget).
     HV: tl.constexpr = HK * G
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     rows = tl.arange(0, BT)
-    cols_k = tl.arange(0, BK)
+    ck0 = tl.arange(0, BK)
+    ck1 = BK + tl.arange(0, BK)
     cols_v = tl.arange(0, BV)
-    m_k = cols_k < K
+    m_k0 = ck0 < K
+    m_k1 = ck1 < K
     incl = rows[:, None] >= rows[None, :]
     for task in range(pid, num_tasks, nprog):
         i_v = task % NV
@@ -153,42 +160,80 @@ def _gdn_chunk_fwd_kernel(
         n_chunks = (eos - bos + BT - 1) // BT
         cv = i_v * BV + cols_v
         m_v = cv < V
-        m_kv = m_k[:, None] & m_v[None, :]
-        s_off = (tl.cast(i_n * HV + i_hv, tl.int64) * K + cols_k[:, None]) * V + cv[None, :]
+        s_base = tl.cast(i_n * HV + i_hv, tl.int64) * K
+        s_off0 = (s_base + ck0[:, None]) * V + cv[None, :]
+        s_off1 = (s_base + ck1[:, None]) * V + cv[None, :]
+        m_s0 = m_k0[:, None] & m_v[None, :]
+        m_s1 = m_k1[:, None] & m_v[None, :]
         if HAS_H0:
-            b_s = tl.load(h0_ptr + s_off, mask=m_kv, other=0.0).to(tl.float32)
+            b_s0 = tl.load(h0_ptr + s_off0, mask=m_s0, other=0.0).to(tl.float32)
         else:
-            b_s = tl.zeros([BK, BV], dtype=tl.float32)
+            b_s0 = tl.zeros([BK, BV], dtype=tl.float32)
+        if NK > 1 and HAS_H0:
+            b_s1 = tl.load(h0_ptr + s_off1, mask=m_s1, other=0.0).to(tl.float32)
+        else:
+            b_s1 = tl.zeros([BK, BV], dtype=tl.float32)
         for i_t in range(0, n_chunks):
             tok = bos + i_t * BT + rows
             m_t = tok < eos
             tok64 = tl.cast(tok, tl.int64)
-            m_tk = m_t[:, None] & m_k[None, :]
             m_tv = m_t[:, None] & m_v[None, :]
-            qk_off = tok64[:, None] * (HK * K) + i_hk * K + cols_k[None, :]
-            b_q = tl.load(q_ptr + qk_off, mask=m_tk, other=0.0).to(tl.float32)
-            b_k = tl.load(k_ptr + qk_off, mask=m_tk, other=0.0).to(tl.float32)
-            if USE_L2:
-                b_q = b_q * tl.rsqrt(tl.sum(b_q * b_q, 1) + 1e-6)[:, None]
-                b_k = b_k * tl.rsqrt(tl.sum(b_k * b_k, 1) + 1e-6)[:, None]
-            b_q = b_q * scale
-            b_g = tl.load(g_ptr + tl.cast(i_hv, tl.int64) * total_t + tok64, mask=m_t, other=0.0)
+            m_t0 = m_t[:, None] & m_k0[None, :]
+            m_t1 = m_t[:, None] & m_k1[None, :]
+            qk_row = tok64[:, None] * (HK * K) + i_hk * K
+            row64 = tl.cast(i_hv, tl.int64) * total_t + tok64  # workspace row of (head, token)
+            b_g = tl.load(g_ptr + row64, mask=m_t, other=0.0)
             b_gc = tl.cumsum(b_g, 0)
             g_last = tl.sum(b_g, 0)  # padding rows hold g = 0
-            row64 = tl.cast(i_hv, tl.int64) * total_t + tok64
-            b_w = tl.load(w_ptr + row64[:, None] * K + cols_k[None, :], mask=m_tk, other=0.0)
-            b_u = tl.load(u_ptr + row64[:, None] * V + cv[None, :], mask=m_tv, other=0.0)
+            b_eg = tl.exp(b_gc)
+            b_gd = tl.exp(g_last - b_gc)
 
-            b_vn = b_u - tl.dot(b_w, b_s)  # v' = u - w S
+            # v' = u - w S
+            b_u = tl.load(u_ptr + row64[:, None] * V + cv[None, :], mask=m_tv, other=0.0)
+            b_w = tl.load(w_ptr + row64[:, None] * K + ck0[None, :], mask=m_t0, other=0.0)
+            b_vn = b_u - tl.dot(b_w, b_s0)
+            if NK > 1:
+                b_w1 = tl.load(w_ptr + row64[:, None] * K + ck1[None, :], mask=m_t1, other=0.0)
+                b_vn = b_vn - tl.dot(b_w1, b_s1)
+
+            # Row scales are applied outside the K-tile products, so each q/k tile is loaded once:
+            # q's (scale, L2 norm) to the rows of q k^T and of the inter-chunk output, k's (L2 norm
+            # from the prep kernel) to the columns of q k^T and, with the decay, to the rows of v'.
+            if USE_L2:
+                b_rk = tl.load(rk_ptr + tl.cast(i_hk, tl.int64) * total_t + tok64, mask=m_t, other=0.0)
+            else:
+                b_rk = tl.full([BT], 1.0, dtype=tl.float32)
+            b_vs = b_vn * (b_rk * b_gd)[:, None]  # k exp(g_last - gc) folded into v' for the state update
+            dl = tl.exp(g_last)
+
+            b_q = tl.load(q_ptr + qk_row + ck0[None, :], mask=m_t0, other=0.0).to(tl.float32)
+            b_k = tl.load(k_ptr + qk_row + ck0[None, :], mask=m_t0, other=0.0).to(tl.float32)
+            b_qss = tl.sum(b_q * b_q, 1)
             b_qk = tl.dot(b_q + 0.0, tl.trans(b_k))
+            b_oi = tl.dot(b_q * b_eg[:, None], b_s0)
+            b_s0 = b_s0 * dl + tl.dot(tl.trans(b_k), b_vs)
+            if NK > 1:  # K tile 1
+                b_q = tl.load(q_ptr + qk_row + ck1[None, :], mask=m_t1, other=0.0).to(tl.float32)
+                b_k = tl.load(k_ptr + qk_row + ck1[None, :], mask=m_t1, other=0.0).to(tl.float32)
+                b_qss += tl.sum(b_q * b_q, 1)
+                b_qk += tl.dot(b_q + 0.0, tl.trans(b_k))
+                b_oi += tl.dot(b_q * b_eg[:, None], b_s1)
+                b_s1 = b_s1 * dl + tl.dot(tl.trans(b_k), b_vs)
+            if USE_L2:
+                b_rq = tl.rsqrt(b_qss + 1e-6) * scale
+            else:
+                b_rq = tl.full([BT], 1.0, dtype=tl.float32) * scale
+
+            # o = scale q exp(gc) S + (scale q k^T exp(gc_i - gc_j))_{j<=i} v'
+            b_qk = b_qk * (b_rq[:, None] * b_rk[None, :])
             b_qk = tl.where(incl, b_qk * tl.exp(tl.where(incl, b_gc[:, None] - b_gc[None, :], 0.0)), 0.0)
-            b_o = tl.dot(b_q * tl.exp(b_gc)[:, None], b_s) + tl.dot(b_qk, b_vn)
+            b_o = b_oi * b_rq[:, None] + tl.dot(b_qk, b_vn)
             tl.store(o_ptr + tok64[:, None] * (HV * V) + i_hv * V + cv[None, :],
                      b_o.to(o_ptr.dtype.element_ty), mask=m_tv)
-            b_kd = b_k * tl.exp(g_last - b_gc)[:, None]
-            b_s = b_s * tl.exp(g_last) + tl.dot(tl.trans(b_kd), b_vn)
         if STORE_FINAL:
-            tl.store(ht_ptr + s_off, b_s, mask=m_kv)
+            tl.store(ht_ptr + s_off0, b_s0, mask=m_s0)
+            if NK > 1:
+                tl.store(ht_ptr + s_off1, b_s1, mask=m_s1)
 
 
 def _block(n: int) -> int:
@@ -239,55 +284,60 @@ def chunk_gated_delta_rule(
     beta_t = beta.reshape(TT, Hv).t().to(torch.float32).contiguous()
     w = torch.empty(Hv, TT, K, dtype=torch.float32, device=dev)
     u = torch.empty(Hv, TT, V, dtype=torch.float32, device=dev)
+    rk = torch.empty(Hk, TT, dtype=torch.float32, device=dev) if use_qk_l2norm_in_kernel else w  # 1/|k|
     o = torch.empty(B, T, Hv, V, dtype=q.dtype, device=dev)
     final = torch.empty(N, Hv, K, V, dtype=torch.float32, device=dev) if output_final_state else None
     h0 = initial_state.contiguous() if initial_state is not None else None
 
     BK, BV = _block(K), _block(V)
+    BKS = min(BK, 128)  # K tile of the state pass (NK = 1 or 2 tiles)
     BVS = _block_v(V)
     NV = triton.cdiv(V, BVS)
     with device_guard(q):
         if n_chunks:
             tasks = n_chunks * Hk
             _gdn_chunk_prep_kernel[(persistent_grid(dev, tasks, cube=True),)](
-                k, v, g_t, beta_t, cu, chunks, w, u, TT, tasks,
+                k, v, g_t, beta_t, cu, chunks, w, u, rk, TT, tasks,
                 HK=Hk, G=G, K=K, V=V, BT=BT, BK=min(BK, 64), BV=min(BV, 64), USE_L2=use_qk_l2norm_in_kernel,
             )
         tasks = N * Hv * NV
         _gdn_chunk_fwd_kernel[(persistent_grid(dev, tasks, cube=True),)](
-            q, k, w, u, g_t, cu, h0 if h0 is not None else w, final if final is not None else w, o,
+            q, k, w, u, g_t, rk, cu, h0 if h0 is not None else w, final if final is not None else w, o,
             float(scale), TT, tasks,
-            HK=Hk, G=G, K=K, V=V, BT=BT, BK=BK, BV=BVS, NV=NV,
+            HK=Hk, G=G, K=K, V=V, BT=BT, BK=BKS, NK=triton.cdiv(K, BKS), BV=BVS, NV=NV,
             USE_L2=use_qk_l2norm_in_kernel, HAS_H0=h0 is not None, STORE_FINAL=final is not None,
         )
     return o, final
 
 
 def _configs():
-    """Production: Intern-S2 linear attention, K = V = 128, Hk = 16, Hv = 32, chunk 64, bf16."""
-    K = V = 128
+    """Production: Intern-S2 linear attention, K = V = 128, Hk = 16, Hv = 32, chunk 64, bf16; plus the
+    largest head dims the launcher accepts (K = V = 256, two K tiles in the state pass)."""
     Hk, G = 16, 2
-    BK, BVP, BVS = _block(K), min(_block(V), 64), _block_v(V)
     cfgs = []
-    for l2 in (True, False):
-        tag = "l2" if l2 else "nol2"
-        cfgs.append(LoweringConfig(
-            name=f"gdn_chunk/prep_bf16_k128_v128_hk16_hv32_{tag}",
-            kernel=_gdn_chunk_prep_kernel,
-            signature={"k_ptr": "*bf16", "v_ptr": "*bf16", "g_ptr": "*fp32", "beta_ptr": "*fp32",
-                       "cu_ptr": "*i32", "chunks_ptr": "*i32", "w_ptr": "*fp32", "u_ptr": "*fp32",
-                       "total_t": "i32", "num_tasks": "i32"},
-            constants={"HK": Hk, "G": G, "K": K, "V": V, "BT": BT, "BK": min(BK, 64), "BV": BVP, "USE_L2": l2},
-        ))
-        cfgs.append(LoweringConfig(
-            name=f"gdn_chunk/fwd_bf16_k128_v128_hk16_hv32_bv{BVS}_{tag}",
-            kernel=_gdn_chunk_fwd_kernel,
-            signature={"q_ptr": "*bf16", "k_ptr": "*bf16", "w_ptr": "*fp32", "u_ptr": "*fp32", "g_ptr": "*fp32",
-                       "cu_ptr": "*i32", "h0_ptr": "*fp32", "ht_ptr": "*fp32", "o_ptr": "*bf16",
-                       "scale": "fp32", "total_t": "i32", "num_tasks": "i32"},
-            constants={"HK": Hk, "G": G, "K": K, "V": V, "BT": BT, "BK": BK, "BV": BVS, "NV": triton.cdiv(V, BVS),
-                       "USE_L2": l2, "HAS_H0": True, "STORE_FINAL": True},
-        ))
+    for D, flags in ((128, (True, False)), (256, (True,))):
+        K = V = D
+        BK, BVP, BVS = _block(K), min(_block(V), 64), _block_v(V)
+        for l2 in flags:
+            tag = f"bf16_k{K}_v{V}_hk16_hv32_{'l2' if l2 else 'nol2'}"
+            cfgs.append(LoweringConfig(
+                name=f"gdn_chunk/prep_{tag}",
+                kernel=_gdn_chunk_prep_kernel,
+                signature={"k_ptr": "*bf16", "v_ptr": "*bf16", "g_ptr": "*fp32", "beta_ptr": "*fp32",
+                           "cu_ptr": "*i32", "chunks_ptr": "*i32", "w_ptr": "*fp32", "u_ptr": "*fp32",
+                           "rk_ptr": "*fp32", "total_t": "i32", "num_tasks": "i32"},
+                constants={"HK": Hk, "G": G, "K": K, "V": V, "BT": BT, "BK": min(BK, 64), "BV": BVP, "USE_L2": l2},
+            ))
+            cfgs.append(LoweringConfig(
+                name=f"gdn_chunk/fwd_{tag}_bv{BVS}",
+                kernel=_gdn_chunk_fwd_kernel,
+                signature={"q_ptr": "*bf16", "k_ptr": "*bf16", "w_ptr": "*fp32", "u_ptr": "*fp32", "g_ptr": "*fp32",
+                           "rk_ptr": "*fp32", "cu_ptr": "*i32", "h0_ptr": "*fp32", "ht_ptr": "*fp32",
+                           "o_ptr": "*bf16", "scale": "fp32", "total_t": "i32", "num_tasks": "i32"},
+                constants={"HK": Hk, "G": G, "K": K, "V": V, "BT": BT, "BK": min(BK, 128),
+                           "NK": triton.cdiv(K, min(BK, 128)), "BV": BVS, "NV": triton.cdiv(V, BVS),
+                           "USE_L2": l2, "HAS_H0": True, "STORE_FINAL": True},
+            ))
     return cfgs
 
 

@@ -171,6 +171,18 @@ def need(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("K,V,h0,l2", [(160, 160, True, True), (160, 96, False, False), (32, 80, True, True)])
+def test_wide_and_unequal_head_dims(backend, K, V, h0, l2):
+    """K > 128 takes two K tiles in the Triton state pass; K != V; non-powers of two."""
+    need(backend)
+    q, k, v, g, beta, init = make_inputs(1, 65, 1, 2, K, V, torch.float32, h0=h0, l2=l2)
+    o, s = run(backend, q, k, v, g, beta, init, use_qk_l2norm_in_kernel=l2)
+    o_nv, s_nv = naive(q, k, v, g, beta, initial_state=init, l2=l2)
+    assert_close(o, o_nv, torch.float32, "o")
+    assert_close(s, s_nv, torch.float32, "state")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("l2", [False, True])
 def test_custom_scale(backend, l2):
     need(backend)
