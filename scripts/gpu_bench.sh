@@ -19,8 +19,12 @@
 # Preparing the wheels (on a machine WITH network access, in the repo root; see benchmarks/README.md):
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#       --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl \
-#       fla-core==0.6.0 flash-linear-attention==0.6.0
+#       --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform any -d .whl \
+#       fla-core==0.6.0
+#   # fla-core (1.1 MB, pure Python; needs einops, torch>=2.7, triton>=3.3 — all in the GPU image)
+#   # holds fla.ops (chunk / fused_recurrent gated delta rule) and fla.modules (FusedRMSNormGated):
+#   # all that the op benchmarks and transformers' fast path import. flash-linear-attention (fla.models,
+#   # fla.layers) is not needed, and it requires transformers>=5.6.2.
 #   # causal-conv1d ships no PyPI wheel (its sdist downloads one from GitHub or compiles with nvcc):
 #   # build it once on a GPU machine with the same torch/CUDA and carry it back, or skip it:
 #   #   pip wheel --no-deps --no-build-isolation causal-conv1d==1.7.0 -w .whl   (nvcc, ~10 min)
