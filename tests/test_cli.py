@@ -8,7 +8,11 @@ import pytest
 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
+from transformers.utils import logging as hf_logging  # noqa: E402
+
 from interns2_fast import cli, models  # noqa: E402
+
+hf_logging.disable_progress_bar()
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
