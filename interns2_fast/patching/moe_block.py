@@ -21,7 +21,7 @@ import torch
 
 from .. import ops
 from ..device import device_guard
-from .gdn import record_call
+from .gdn import _fire_hooks, record_call
 from .state import ModuleState, get_state, verified_module_call
 
 _SLOT0_IS_PROBS: dict[type, bool] = {}
@@ -68,10 +68,16 @@ def block_impl(block, state: ModuleState, hidden_states, *args, **kwargs):
             gate = getattr(m, "shared_expert_gate", None)
             shared_gate = gate(x) if (gate is not None and shared_out is not None) else None
             experts = m.experts
-            args = (x, ids, weights, experts.gate_up_proj, experts.down_proj)
-            kw = dict(shared_expert_output=shared_out, shared_expert_gate=shared_gate)
-            record_call("moe", ops.moe_experts, args, kw, backend, tokens=x.shape[0])
-            out = ops.moe_experts(*args, backend=backend, **kw)
+            # the experts' weights are read directly: fire an offload hook of that child (device_map with
+            # CPU/disk offload) around the call, as transformers' force_accelerate_hooks does for conv1d
+            _fire_hooks(m, ("experts",), pre=True)
+            try:
+                args = (x, ids, weights, experts.gate_up_proj, experts.down_proj)
+                kw = dict(shared_expert_output=shared_out, shared_expert_gate=shared_gate)
+                record_call("moe", ops.moe_experts, args, kw, backend, tokens=x.shape[0])
+                out = ops.moe_experts(*args, backend=backend, **kw)
+            finally:
+                _fire_hooks(m, ("experts",), pre=False)
         return out.reshape(shape)
 
     return verified_module_call(block, state, run, hidden_states)
