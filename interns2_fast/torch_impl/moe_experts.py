@@ -1,30 +1,28 @@
 """PyTorch backend of `moe_experts`: the packed SwiGLU expert FFNs without transformers' eager loop.
 
 The eager reference builds a one-hot mask over all E experts, reads the hit experts back to the
-host (`nonzero`) and runs ~6 small ops per hit expert, plus an `index_add_` per expert. Here:
+host (`nonzero`) and runs ~10 small ops per hit expert. Weights are always read as stored
+(`gate_up_proj [E, 2I, H]`, `down_proj [E, H, I]`), never transposed or copied whole; fp32
+accumulation of the k contributions; the shared expert's `sigmoid(gate_logit) * shared_out` is
+added in the same fp32 pass when given. How the GEMMs run depends on where the tensors live:
 
-  1. the T*k (token, expert) slots are sorted by expert once (stable argsort; no host read);
-  2. the two GEMMs run grouped over the sorted rows, weights read as stored
-     (`gate_up_proj [E, 2I, H]`, `down_proj [E, H, I]`, never transposed or copied);
-  3. SiLU(gate)*up in between; the routing weight is applied in fp32 and the k contributions of a
-     token are summed in a fixed order (`view(T, k, H).sum(1)`, deterministic), optionally with the
-     shared expert's `sigmoid(gate_logit) * shared_out` added in the same pass.
-
-How step 2 runs depends on where the tensors live:
-
-  * decode (T*k <= DECODE_SLOTS, any device): one `bmm` over the slots with the selected experts'
-    weights gathered (`gate_up_proj[ids]`): reads only the experts that were picked, no host read.
-    On the CPU the gather's copy costs more than it saves, so the CPU takes the path below.
-  * CPU: the per-expert group sizes are already in host memory (reading them is not a device
-    sync), so each non-empty group is one BLAS GEMM on a contiguous slice of the sorted rows,
-    written into one preallocated buffer. This is a loop over the *hit groups* in C-speed calls
-    (~256 calls at T >= 512); measured on 2 EPYC cores, torch's CPU `_grouped_mm` is a naive
-    kernel (about 2 GMAC/s, 7x slower than this at T=512) and a padded `bmm` doubles the FLOPs,
-    so neither is used on the CPU.
-  * accelerators (CUDA): `torch._grouped_mm` / `F.grouped_mm` over the sorted rows with device-side
-    offsets (no host read) when it accepts the dtype/device. Where it does not (fp32 on CUDA, NPUs:
-    use the triton or npu_native backend there), the per-group GEMMs of the CPU path run after ONE
-    host read of the group sizes per call (the eager loop syncs too, and launches ~4x more ops).
+  * CPU (`_experts_cpu`): one stable argsort groups the slots by expert; the group sizes are in
+    host memory already (reading them is no device sync); per hit expert: gather its rows, two
+    GEMMs (F.linear), weight, `index_add_` into an fp32 [T, H] accumulator (sequential on the CPU:
+    bit-reproducible; in fp32 bit-equal to the eager loop). That is a Python loop over the hit
+    experts, chosen on measurement (2 EPYC cores, fp32, full Intern-S2 shapes): the work is GEMM-
+    bound at T >= 512 (each expert's ~16 rows at T = 512 run at 30-40 GFLOP/s per core whatever the
+    formulation), torch's CPU `_grouped_mm` is a naive kernel (~2 GMAC/s, 7x slower than the loop
+    at T = 512), a padded `bmm` over a capacity doubles the FLOPs, gathering per-slot weights for a
+    `bmm` copies 8-12 MB per slot, and [T*k, H] sorted buffers cost more in first-touch page faults
+    than they save. What this path removes is the one-hot / `where` / per-expert bookkeeping.
+  * accelerators, decode (T*k <= DECODE_SLOTS): one `bmm` over the slots with the selected
+    experts' weights gathered (`gate_up_proj[ids]`): reads only the experts picked, no host read.
+  * accelerators, prefill: slots sorted by expert (stable argsort, counts by scatter_add: no host
+    read), `F.grouped_mm` / `torch._grouped_mm` over the sorted rows with device-side offsets (CUDA
+    bf16), then the k rows of each token summed in the fixed order j = 0..k-1. Where grouped_mm does
+    not take the dtype/device (fp32 on CUDA, NPUs: use the triton or npu_native backend there), the
+    per-group GEMMs run after ONE host read of the group sizes per call.
 """
 from __future__ import annotations
 
@@ -35,16 +33,22 @@ import torch.nn.functional as F
 DECODE_SLOTS = 64
 
 
+def _add_shared(out32: torch.Tensor, shared_expert_output: torch.Tensor | None,
+                shared_expert_gate: torch.Tensor | None) -> torch.Tensor:
+    """out32 + sigmoid(gate) * shared (fp32), when a shared expert output is given."""
+    if shared_expert_output is not None:
+        s = shared_expert_output.float()
+        if shared_expert_gate is not None:
+            s = torch.sigmoid(shared_expert_gate.reshape(-1, 1).float()) * s
+        out32 = out32 + s
+    return out32
+
+
 def _combine(y_slots: torch.Tensor, T: int, k: int, out_dtype: torch.dtype,
              shared_expert_output: torch.Tensor | None, shared_expert_gate: torch.Tensor | None) -> torch.Tensor:
     """Sum each token's k weighted rows in slot order (fixed order), plus the gated shared expert; fp32."""
     out = y_slots.view(T, k, -1).sum(dim=1, dtype=torch.float32)
-    if shared_expert_output is not None:
-        s = shared_expert_output.float()
-        if shared_expert_gate is not None:
-            s = torch.sigmoid(shared_expert_gate.reshape(T, 1).float()) * s
-        out = out + s
-    return out.to(out_dtype)
+    return _add_shared(out, shared_expert_output, shared_expert_gate).to(out_dtype)
 
 
 def _bmm_slots(x_slots: torch.Tensor, ids: torch.Tensor, gate_up_proj: torch.Tensor,
@@ -56,8 +60,9 @@ def _bmm_slots(x_slots: torch.Tensor, ids: torch.Tensor, gate_up_proj: torch.Ten
     return torch.bmm(h.unsqueeze(1), down_proj[ids].transpose(1, 2)).squeeze(1)  # [S, H]
 
 
-def _grouped_cpu(x_sorted: torch.Tensor, counts: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """out[rows of group e] = x_sorted[rows] @ weight[e]^T, groups in expert order (`counts` on the CPU)."""
+def _grouped_loop(x_sorted: torch.Tensor, counts: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """out[rows of group e] = x_sorted[rows] @ weight[e]^T, groups in expert order (`counts` on the CPU).
+    Only for accelerators without a grouped GEMM (after one host read of the counts)."""
     pieces = []
     start = 0
     for e, c in enumerate(counts.tolist()):  # host memory already: not a device sync
@@ -68,6 +73,32 @@ def _grouped_cpu(x_sorted: torch.Tensor, counts: torch.Tensor, weight: torch.Ten
     if not pieces:
         return x_sorted.new_empty(0, weight.shape[1])
     return torch.cat(pieces)
+
+
+def _experts_cpu(hidden, flat_ids, w_flat, k, gate_up_proj, down_proj) -> torch.Tensor:
+    """CPU: per hit expert, gather its rows, two GEMMs, weight, accumulate into fp32 [T, H].
+
+    `index_add_` on the CPU adds the rows one index after another: the sum order (by expert, then
+    by slot) is fixed, so results are bit-reproducible (and in fp32 equal to the eager loop's). All
+    temporaries are one expert's rows (cache-sized): no [T*k, H] buffers, whose first touch costs
+    more than the GEMMs save at T >= 512 on this kind of machine.
+    """
+    T, H = hidden.shape
+    inter = down_proj.shape[2]
+    order = torch.argsort(flat_ids, stable=True)
+    counts = torch.bincount(flat_ids, minlength=gate_up_proj.shape[0]).tolist()  # host memory: no sync
+    tok_sorted = order // k
+    w_sorted = w_flat[order].unsqueeze(1)
+    out = torch.zeros(T, H, dtype=torch.float32, device=hidden.device)
+    start = 0
+    for e, c in enumerate(counts):
+        if c:
+            tok = tok_sorted[start:start + c]
+            gu = F.linear(hidden.index_select(0, tok), gate_up_proj[e])
+            y = F.linear(F.silu(gu[:, :inter]) * gu[:, inter:], down_proj[e])
+            out.index_add_(0, tok, y.float() * w_sorted[start:start + c])
+            start += c
+    return out
 
 
 def _grouped_mm_fn():
@@ -83,9 +114,11 @@ def moe_experts(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, *,
     S = T * k
     flat_ids = topk_ids.reshape(-1).long()
     w_slots = topk_weights.reshape(-1, 1).float()
-    on_cpu = hidden.device.type == "cpu"
+    if hidden.device.type == "cpu":
+        out = _experts_cpu(hidden, flat_ids, w_slots.reshape(-1), k, gate_up_proj, down_proj)
+        return _add_shared(out, shared_expert_output, shared_expert_gate).to(hidden.dtype)
 
-    if not on_cpu and S <= DECODE_SLOTS:
+    if S <= DECODE_SLOTS:
         y = _bmm_slots(hidden.repeat_interleave(k, dim=0), flat_ids, gate_up_proj, down_proj)
         return _combine(y.float() * w_slots, T, k, hidden.dtype, shared_expert_output, shared_expert_gate)
 
@@ -94,26 +127,21 @@ def moe_experts(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, *,
     # scatter_add, not bincount: bincount reads the max id back to the host on accelerators.
     counts = torch.zeros(E, dtype=torch.int64, device=hidden.device).scatter_add_(0, flat_ids, torch.ones_like(flat_ids))
 
-    if on_cpu:
-        gu = _grouped_cpu(x_sorted, counts, gate_up_proj)
-        gate, up = gu.chunk(2, dim=-1)
-        y_sorted = _grouped_cpu(F.silu(gate) * up, counts, down_proj)
-    else:
-        y_sorted = None
-        gmm = _grouped_mm_fn()
-        if gmm is not None:
-            offs = torch.cumsum(counts, 0, dtype=torch.int32)
-            try:
-                gu = gmm(x_sorted, gate_up_proj.transpose(-2, -1), offs=offs)
-                gate, up = gu.chunk(2, dim=-1)
-                y_sorted = gmm(F.silu(gate) * up, down_proj.transpose(-2, -1), offs=offs)
-            except (RuntimeError, NotImplementedError):  # dtype / device the kernel does not take
-                y_sorted = None
-        if y_sorted is None:  # no grouped GEMM for this device/dtype: one host read of the counts
-            counts_host = counts.cpu()
-            gu = _grouped_cpu(x_sorted, counts_host, gate_up_proj)
+    y_sorted = None
+    gmm = _grouped_mm_fn()
+    if gmm is not None:
+        offs = torch.cumsum(counts, 0, dtype=torch.int32)
+        try:
+            gu = gmm(x_sorted, gate_up_proj.transpose(-2, -1), offs=offs)
             gate, up = gu.chunk(2, dim=-1)
-            y_sorted = _grouped_cpu(F.silu(gate) * up, counts_host, down_proj)
+            y_sorted = gmm(F.silu(gate) * up, down_proj.transpose(-2, -1), offs=offs)
+        except (RuntimeError, NotImplementedError):  # dtype / device the kernel does not take
+            y_sorted = None
+    if y_sorted is None:  # no grouped GEMM for this device/dtype: one host read of the counts
+        counts_host = counts.cpu()
+        gu = _grouped_loop(x_sorted, counts_host, gate_up_proj)
+        gate, up = gu.chunk(2, dim=-1)
+        y_sorted = _grouped_loop(F.silu(gate) * up, counts_host, down_proj)
 
     y = torch.empty_like(y_sorted, dtype=torch.float32)
     y[order] = y_sorted.float() * w_slots[order]  # back to slot order t*k + j
