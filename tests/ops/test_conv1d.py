@@ -330,3 +330,25 @@ def test_torch_backend_is_not_the_fallback():
     with mock.patch.object(F, "conv1d", side_effect=AssertionError("conv1d called")):
         ops.causal_conv1d_update(x, state, torch.randn(16, 4), None, "silu", backend="torch")
         ops.causal_conv1d_fn(torch.randn(1, 16, 9), torch.randn(16, 4), None, activation="silu", backend="torch")
+
+
+@pytest.mark.parametrize("layout", ["transposed", "contiguous"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_torch_prefill_in_many_chunks(monkeypatch, dtype, layout):
+    """The torch prefill's chunking (along T for channel-last x, along D otherwise), forced small."""
+    from interns2_fast.torch_impl import conv1d as torch_conv1d
+
+    monkeypatch.setattr(torch_conv1d, "CHUNK_ELEMENTS", 64)
+    B, D, T, W = 2, 40, 13, 4
+    x = make_x(B, D, T, dtype, layout)
+    weight, b = make_params(D, W, dtype, True)
+    h0 = torch.randn(B, D, W - 1).to(dtype)
+    out, fs = ops.causal_conv1d_fn(x, weight, b, initial_states=h0, return_final_states=True, activation="silu",
+                                   backend="torch")
+    ref, ref_fs = ops.causal_conv1d_fn(x, weight, b, initial_states=h0, return_final_states=True,
+                                       activation="silu", backend="reference")
+    assert_close(out, ref, TOL_REF[dtype])
+    assert torch.equal(fs, ref_fs)
+    seq_idx = torch.tensor([[0] * 6 + [1] * 7, [0] * 2 + [1] * 11], dtype=torch.int32)
+    out = ops.causal_conv1d_fn(x, weight, b, seq_idx=seq_idx, activation="silu", backend="torch")
+    assert_close(out, loop_conv(x, weight, b, seq_idx=seq_idx), TOL_LOOP[dtype])
