@@ -123,7 +123,7 @@ def _resolve(family: str, backend: str, device: torch.device) -> str:
 
 
 def patch(model: nn.Module, *, ops: tuple[str, ...] | list[str] = FAMILIES, backend: str = "auto",
-          verify: bool | str = False) -> PatchReport:
+          verify: bool | str = False, fix_legacy_continuation: bool = False) -> PatchReport:
     """Make `model` use interns2_fast's kernels; returns a PatchReport.
 
     ops: op families to replace — "gdn" (gating + chunked/recurrent gated delta rule), "conv" (causal
@@ -133,6 +133,11 @@ def patch(model: nn.Module, *, ops: tuple[str, ...] | list[str] = FAMILIES, back
     verify: True runs the reference path beside the patched one on each patched op's first call
     and, beyond tolerance (numerics.VERIFY_TOLERANCES), warns and puts that module back on the
     reference path; "strict" raises `VerifyError` instead. The report's `verify` lists what it saw.
+
+    fix_legacy_continuation: transformers 5.2-5.14 (and the Intern-S2-Preview remote code, a copy of
+    5.2) restart the linear-attention state when a cached conversation continues with several new
+    tokens at once (a second generate() reusing past_key_values). By default the patched layers do
+    the same (patched == reference); True makes them continue from the cached state (as 5.15+ does).
 
     Modules are found by structure (see `patching.discovery`), so transformers' qwen3_5_moe,
     qwen3_5, qwen3_next and the Intern-S2-Preview remote code all work. Only this model's module
@@ -190,7 +195,8 @@ def patch(model: nn.Module, *, ops: tuple[str, ...] | list[str] = FAMILIES, back
             continue
         if cand.kind == "gdn":
             st = install(cand.module, dict(path=cand.path, kind="gdn", backends=backends, verify=verify,
-                                           extra=gdn.gdn_extra(cand.module, cand.layout)), gdn.gdn_forward)
+                                           extra=dict(gdn.gdn_extra(cand.module, cand.layout),
+                                                      continue_state=fix_legacy_continuation)), gdn.gdn_forward)
             installed = [(cand.path, cand.module, st)]
         elif cand.kind == "norm":
             st = install(cand.module, dict(path=cand.path, kind="norm", backends=backends, verify=verify),

@@ -8,8 +8,10 @@ cache protocol, chosen from what the cache object offers:
   decode step when `has_previous_state and seq_len == 1 and cache_position is not None`; a prefill
   stores the last W inputs (`F.pad(x, (W - T, 0))`) and always starts the delta rule from a zero
   state (`initial_state=None`) — exactly what 5.2 does, including on a multi-token continuation of a
-  cached conversation, where 5.2 drops the linear-attention state (reproduced, not fixed, so that
-  patched == reference);
+  cached conversation (a second `generate()` reusing `past_key_values`), where 5.2 drops the
+  linear-attention state. Reproduced by default, so that patched == reference; with
+  `patch(model, fix_legacy_continuation=True)` such a call continues from the cached conv inputs and
+  recurrent state instead (what 5.15+ does; equal to running the whole conversation without cache);
 * layered (5.15+): `cache.get_conv_state(i)` / `update_conv_state` / `get_recurrent_state` /
   `update_recurrent_state` / `is_recording_past`; a prefill continues from the cached state.
 
@@ -208,10 +210,18 @@ def _gdn_forward(self, state, protocol, hidden_states, cache, cache_position, at
         if decode:
             mixed_qkv = call_op(state, "conv", ops.causal_conv1d_update, mixed_qkv, conv_state, weight, bias,
                                 activation, mutable=(1,))
+        elif state.extra.get("continue_state") and conv_state is not None and recurrent_state is not None:
+            # opt-in fix of 5.2's multi-token continuation: start from the cached conv inputs and state
+            full = torch.cat([conv_state.to(mixed_qkv.dtype), mixed_qkv], dim=-1)
+            cache.conv_states[i] = full[:, :, -W:].contiguous()
+            mixed_qkv = call_op(state, "conv", ops.causal_conv1d_fn, full, weight, bias, activation=activation)
+            mixed_qkv = mixed_qkv[:, :, -T:]
+            decode = False
         else:
             cache.conv_states[i] = F.pad(mixed_qkv, (W - mixed_qkv.shape[-1], 0))
             mixed_qkv = call_op(state, "conv", ops.causal_conv1d_fn, mixed_qkv, weight, bias, activation=activation)
-        initial_state = recurrent_state if decode else None
+            recurrent_state = None  # 5.2 starts every multi-token call from a zero state
+        initial_state = recurrent_state
     elif protocol == "layered":
         conv_state = cache.get_conv_state(i)
         recurrent_state = cache.get_recurrent_state(i)

@@ -194,3 +194,30 @@ def test_skipped_candidates_are_reported_with_reason():
     assert "model.layers.0.linear_attn" not in {p.path for p in report.patched}
     assert "model.layers.0.linear_attn.norm" in {p.path for p in report.patched}
     assert "skipped" in report.to_markdown()
+
+
+@pytest.mark.parametrize("family", ["qwen3_5_moe", "interns2_remote"])
+def test_multi_token_continuation_of_a_cached_conversation(model_factory, family):
+    """A second multi-token call on a cache: 5.2 restarts the linear-attention state (reproduced by default);
+    fix_legacy_continuation=True continues it, equal to the whole conversation without cache."""
+    model = model_factory(family)
+    a = torch.randint(0, model.config.vocab_size, (1, 9))
+    b = torch.randint(0, model.config.vocab_size, (1, 5))
+    with torch.no_grad():
+        legacy = not hasattr(model(a[:, :2], use_cache=True).past_key_values, "get_conv_state")
+
+    def continuation():
+        cache = model(a, use_cache=True).past_key_values
+        kw = {"cache_position": torch.arange(9, 14)} if legacy else {}
+        return model(b, past_key_values=cache, use_cache=True, **kw).logits
+
+    with torch.no_grad():
+        full = model(torch.cat([a, b], 1)).logits[:, 9:]
+        ref = continuation()
+        patch(model)
+        faithful = continuation()
+        patch(model, fix_legacy_continuation=True)
+        fixed = continuation()
+    assert (faithful - ref).abs().max().item() <= 1e-4
+    assert (fixed - full).abs().max().item() <= 1e-4
+    assert ((ref - full).abs().max().item() > 1e-2) == legacy
