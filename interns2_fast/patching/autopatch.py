@@ -39,11 +39,13 @@ def _patch_loaded(result, settings):
     return result
 
 
-def enable_auto_patch(*, ops=FAMILIES, backend: str = "auto", verify: bool | str = False) -> None:
+def enable_auto_patch(*, ops=FAMILIES, backend: str = "auto", verify: bool | str = False,
+                      fix_legacy_continuation: bool = False) -> None:
     """Patch every model loaded with `from_pretrained` from now on (arguments as for `patch`)."""
     from transformers import PreTrainedModel
 
-    _AUTO["settings"] = dict(ops=tuple(ops), backend=backend, verify=verify)
+    _AUTO["settings"] = dict(ops=tuple(ops), backend=backend, verify=verify,
+                             fix_legacy_continuation=fix_legacy_continuation)
     if "original" in _AUTO:
         return
     original = PreTrainedModel.__dict__["from_pretrained"]
@@ -75,15 +77,16 @@ def auto_patch_enabled() -> bool:
     return "original" in _AUTO
 
 
-def from_pretrained(path, *, ops=FAMILIES, backend: str = "auto", verify: bool | str = False, model_class=None,
-                    **kwargs):
+def from_pretrained(path, *, ops=FAMILIES, backend: str = "auto", verify: bool | str = False,
+                    fix_legacy_continuation: bool = False, model_class=None, **kwargs):
     """`AutoModelForCausalLM.from_pretrained(path, **kwargs)` (or `model_class`), then `patch()`.
 
-    kwargs go to transformers unchanged (Intern-S2-Preview needs `trust_remote_code=True`; the
+    ops / backend / verify / fix_legacy_continuation: as for `patch`. Other kwargs go to transformers unchanged (Intern-S2-Preview needs `trust_remote_code=True`; the
     reported Ascend set-up adds `dtype=torch.bfloat16, device_map="auto",
     attn_implementation="eager"`). The PatchReport is at `interns2_fast.last_report(model)`.
     """
     if model_class is None:
         from transformers import AutoModelForCausalLM as model_class
     result = model_class.from_pretrained(path, **kwargs)
-    return _patch_loaded(result, dict(ops=tuple(ops), backend=backend, verify=verify))
+    return _patch_loaded(result, dict(ops=tuple(ops), backend=backend, verify=verify,
+                                      fix_legacy_continuation=fix_legacy_continuation))
