@@ -5,7 +5,6 @@ print one sentence and exit with status 2, without a traceback (`UserError`).
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import statistics
@@ -524,4 +523,3 @@ def run_user_command(args) -> int:
 
 __all__ = ["add_user_commands", "run_user_command", "USER_COMMANDS", "UserError", "devices_found", "load_model",
            "load_tokenizer"]
-_ = argparse  # imported for type context of sub-parsers
