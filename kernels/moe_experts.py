@@ -229,7 +229,8 @@ def _check_tiles(H: int, I: int) -> None:
                              ("I", I, DN_BLOCK_K), ("I", I, DEC_BLOCK_N), ("H", H, DEC_BLOCK_K),
                              ("H", H, CB_BLOCK_H)):
         if dim % min(block, dim) or (dim < block and dim & (dim - 1)):
-            raise ValueError(f"moe_experts (triton): {name}={dim} must be a multiple of {block} or a power of two below it")
+            raise ValueError(f"moe_experts (triton): {name}={dim} must be a multiple of {block} "
+                             "or a power of two below it")
 
 
 def _blk(dim: int, block: int) -> int:

@@ -125,7 +125,8 @@ def moe_experts(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, *,
     order = torch.argsort(flat_ids, stable=True)  # slots grouped by expert, stable inside a group
     x_sorted = hidden.index_select(0, order // k)
     # scatter_add, not bincount: bincount reads the max id back to the host on accelerators.
-    counts = torch.zeros(E, dtype=torch.int64, device=hidden.device).scatter_add_(0, flat_ids, torch.ones_like(flat_ids))
+    counts = torch.zeros(E, dtype=torch.int64, device=hidden.device)
+    counts.scatter_add_(0, flat_ids, torch.ones_like(flat_ids))
 
     y_sorted = None
     gmm = _grouped_mm_fn()
