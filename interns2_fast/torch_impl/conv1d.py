@@ -156,19 +156,19 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
     else:
         prod = torch.empty(B, D, T, W, dtype=torch.float32, device=x.device)
         torch.mul(window.unfold(-1, W, 1), w32.unsqueeze(1), out=prod)
-    acc = torch.mv(prod.view(-1, W), _ones(W, x.device)).view(B, D, T)
+    ones = _ONES.get((W, x.device))
+    if ones is None:
+        ones = _ONES[(W, x.device)] = torch.ones(W, dtype=torch.float32, device=x.device)
+    acc = torch.mv(prod.view(-1, W), ones).view(B, D, T)
     if bias is not None:
         acc += bias.to(w_dtype).to(torch.float32).unsqueeze(-1)
-    acc = _activate(acc, w_dtype, activation)
+    if w_dtype == torch.float32:
+        if activation is not None:
+            F.silu(acc, inplace=True)
+    else:
+        acc = _activate(acc, w_dtype, activation)
     return acc if acc.dtype == x.dtype else acc.to(x.dtype)
 
 
+#: (W, device) -> fp32 ones [W], the GEMV vector of the update
 _ONES: dict = {}
-
-
-def _ones(n: int, device: torch.device) -> torch.Tensor:
-    key = (n, device)
-    t = _ONES.get(key)
-    if t is None:
-        t = _ONES[key] = torch.ones(n, dtype=torch.float32, device=device)
-    return t
