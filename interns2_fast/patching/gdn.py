@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from .. import ops
 from ..device import device_guard
-from .state import ModuleState, verify_outputs
+from .state import ModuleState, input_dtype, verify_outputs
 
 #: when set (a dict), every op call of a patched GDN layer / norm records (op, family, args, kwargs)
 #: here: the demo times the ops on the shapes a real forward produced.
@@ -92,7 +92,7 @@ def call_op(state: ModuleState, family: str, fn, *args, mutable=(), **kwargs):
     originals = {k: (args[k] if isinstance(k, int) else kwargs[k]) for k in clones}
     got = [patched, *originals.values()]
     want = [reference, *clones.values()]
-    if verify_outputs(state, name, got, want):
+    if verify_outputs(state, name, got, want, dtype=input_dtype(args, kwargs)):
         return patched
     for key, clone in clones.items():
         originals[key].copy_(clone)

@@ -157,7 +157,15 @@ def _float_tensors(out) -> list[torch.Tensor]:
     return []
 
 
-def verify_outputs(state: ModuleState, op: str, patched, reference) -> bool:
+def input_dtype(*args) -> torch.dtype | None:
+    """The least precise floating dtype among the tensors in `args` (what the op computed from)."""
+    from ..numerics import _PRECISION
+
+    dtypes = [t.dtype for t in _float_tensors(list(args))]
+    return max(dtypes, key=lambda d: _PRECISION.get(d, 1)) if dtypes else None
+
+
+def verify_outputs(state: ModuleState, op: str, patched, reference, dtype: torch.dtype | None = None) -> bool:
     """Compare every floating tensor of `patched` with `reference`; log it; act on a failure.
 
     Returns True when within tolerance. On a failure the module is put back on the reference path
@@ -166,22 +174,22 @@ def verify_outputs(state: ModuleState, op: str, patched, reference) -> bool:
     from ..numerics import compare_tensors
 
     got, want = _float_tensors(patched), _float_tensors(reference)
-    ok, worst_rms, worst_abs, dtype = True, 0.0, 0.0, "n/a"
+    ok, worst_rms, worst_abs, judged = True, 0.0, 0.0, "n/a"
     if len(got) != len(want):
         ok = False
     for a, b in zip(got, want):
         if a.shape != b.shape:
             ok = False
             continue
-        c = compare_tensors(a, b)
+        c = compare_tensors(a, b, dtype=dtype)
         ok &= c.ok
-        worst_rms, worst_abs, dtype = max(worst_rms, c.rms_ratio), max(worst_abs, c.max_abs), c.dtype
+        worst_rms, worst_abs, judged = max(worst_rms, c.rms_ratio), max(worst_abs, c.max_abs), c.dtype
     action = "kept patched" if ok else ("raised" if state.verify == "strict" else "reverted to reference")
-    state.verify_log.append(VerifyRecord(state.path, op, dtype, worst_rms, worst_abs, ok, action))
+    state.verify_log.append(VerifyRecord(state.path, op, judged, worst_rms, worst_abs, ok, action))
     if not ok:
         state.active = False
         msg = (f"interns2_fast verify: {state.path} ({op}) differs from the reference path beyond tolerance "
-               f"(rms ratio {worst_rms:.3g}, max |diff| {worst_abs:.3g}, {dtype})")
+               f"(rms ratio {worst_rms:.3g}, max |diff| {worst_abs:.3g}, judged as {judged})")
         if state.verify == "strict":
             raise VerifyError(msg)
         warnings.warn(msg + "; this module is back on the reference path", RuntimeWarning, stacklevel=3)
@@ -211,4 +219,5 @@ def verified_module_call(module: nn.Module, state: ModuleState, patched_fn: Call
         for m, hooks in hooked:
             m._forward_hooks = hooks
     patched = patched_fn(module, *args, **kwargs)
-    return patched if verify_outputs(state, state.kind, patched, reference) else reference
+    ok = verify_outputs(state, state.kind, patched, reference, dtype=input_dtype(args, kwargs))
+    return patched if ok else reference

@@ -84,3 +84,13 @@ def test_verify_passes_correct_backends(model_factory, family):
     if family != "qwen3_5":
         assert {"moe_router", "moe_block"} <= ops_seen
     assert report.reverted == []
+
+
+def test_verify_passes_correct_backends_in_bf16(model_factory):
+    """bf16 results (and the fp32 states computed from bf16 inputs) are judged with the bf16 tolerance."""
+    model = model_factory("qwen3_5_moe", torch.bfloat16)
+    report = patch(model, verify=True)
+    with torch.no_grad():
+        model.generate(torch.randint(0, model.config.vocab_size, (2, 70)), max_new_tokens=2, do_sample=False)
+    assert report.verify and all(r.ok for r in report.verify), [r for r in report.verify if not r.ok]
+    assert {r.dtype for r in report.verify} == {"bfloat16"}
