@@ -32,8 +32,22 @@ def router_slot0_is_probs(router: torch.nn.Module, original) -> bool:
     cls = type(router)
     if cls not in _SLOT0_IS_PROBS:
         w = router.weight
-        with torch.no_grad():
-            first = original(torch.zeros(1, w.shape[1], dtype=w.dtype, device=w.device))[0]
+        x = torch.zeros(1, w.shape[1], dtype=w.dtype, device=w.device)
+        first = None
+        # the instance's own forward; through the module call when its weight is offloaded (accelerate
+        # hooks bring it in); if neither can run here, assume logits (only `output_router_logits` reads slot 0)
+        for call in (original, router):
+            try:
+                with torch.no_grad():
+                    first = call(x if w.device.type != "meta" else x.to("cpu"))[0]
+                if first.device.type == "meta":
+                    first = None
+                    continue
+                break
+            except Exception:  # noqa: BLE001
+                first = None
+        if first is None:
+            return False
         _SLOT0_IS_PROBS[cls] = bool(first.float().abs().sum() > 0)  # 1/E each vs 0 logits
     return _SLOT0_IS_PROBS[cls]
 
