@@ -141,7 +141,8 @@ def patch(model: nn.Module, *, ops: tuple[str, ...] | list[str] = FAMILIES, back
 
     Modules are found by structure (see `patching.discovery`), so transformers' qwen3_5_moe,
     qwen3_5, qwen3_next and the Intern-S2-Preview remote code all work. Only this model's module
-    instances are changed; calling patch() again updates the settings (harmless);
+    instances are changed; calling patch() again is harmless: the model then has exactly the patch
+    the last call describes (settings updated in place, families no longer requested restored);
     `unpatch(model)` restores the original forwards.
     """
     ops_set = tuple(dict.fromkeys(ops))
@@ -210,6 +211,12 @@ def patch(model: nn.Module, *, ops: tuple[str, ...] | list[str] = FAMILIES, back
             states.append(st)
             patched += [PatchedModule(path, fam, name, type(m).__name__) for fam, name in rows]
 
+    # a repeated call describes the whole patch: modules patched before but not matched now go back
+    keep = {id(s) for s in states}
+    for m in model.modules():
+        st = get_state(m)
+        if st is not None and id(st) not in keep:
+            uninstall(m)
     report = PatchReport(patched, skipped, ops_set, backend, verify, states)
     model.__dict__["_interns2_fast_report"] = report
     logger.info("interns2_fast: %s", report.summary())

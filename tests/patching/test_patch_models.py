@@ -104,6 +104,10 @@ def test_unpatch_is_bit_exact_and_patch_is_idempotent(model_factory):
         twice = model(ids).logits
         assert [(p.path, p.op) for p in second.patched] == [(p.path, p.op) for p in first.patched]
         assert torch.equal(once, twice)
+        narrowed = patch(model, ops=("moe",))  # a later call describes the whole patch
+        assert {p.op for p in narrowed.patched} == {"moe"}
+        assert "forward" not in model.model.layers[0].linear_attn.__dict__
+        second = patch(model)
         assert unpatch(model) == len({p.path for p in first.patched})
         after = model(ids).logits
     assert torch.equal(after, before)
