@@ -430,6 +430,8 @@ def run_counts(model, variants=VARIANTS, *, batch: int = 1, prompt_len: int = 8,
             with variant_applied(model, variant) as info:
                 counts = measure_decode(model, variant=variant, batch=batch, prompt_len=prompt_len, steps=steps)
                 counts.patch = info.get("patch")
+                if variant.startswith("patched"):  # the patch hooks the experts module, not the config
+                    counts.experts_implementation = "interns2_fast " + ("triton" if variant == "patched-triton" else "auto")
                 results.append(counts)
         except Exception as exc:  # report, keep going with the other variants
             results.append(Counts(variant=variant, num_layers=len(decoder_layers(model)), steps=steps,
@@ -515,6 +517,13 @@ def main(argv=None) -> int:
             f.write(f"Decode counts per token ({args.model} {args.layers}-layer stack, {args.dtype}, {device}, "
                     f"batch {args.batch}, transformers {transformers.__version__}, torch {torch.__version__})\n\n")
             f.write(table + "\n")
+            f.write("\nPer decode token; per layer = inside the decoder layers / number of layers. device ops = ATen "
+                    "compute ops + Triton launches (definitions: benchmarks/counts.py). s / token is the profiled "
+                    "wall time on this machine, not a speed measurement")
+            if meta["triton_interpret"] not in ("", "0"):
+                f.write("; patched-triton ran under the Triton interpreter (TRITON_INTERPRET=1): its launches are "
+                        "real counts, its time is the interpreter's")
+            f.write(".\n")
     return 0 if not any(r.error for r in results if r.variant.startswith("reference")) else 1
 
 
