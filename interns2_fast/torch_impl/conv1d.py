@@ -13,7 +13,9 @@ Why it is faster than the fallback:
   * update: no `cat` + `conv1d`; when the state is long enough to hold the whole window
     (S >= W - 1 + T, the transformers cache keeps S = W), the state is rolled in place by one
     flat shift, x is written into its tail, and the taps are a multiply plus one small GEMV over
-    the state itself.
+    the state itself. One fp32 step with S == W (the model's decode) takes six tensor ops: the new
+    state built once in a scratch buffer, copied into the cache, multiplied in place by the taps,
+    one GEMV, SiLU in place.
 """
 from __future__ import annotations
 
@@ -134,6 +136,9 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
     S = conv_state.shape[2]
     W = weight.shape[1]
     w_dtype = weight.dtype
+    if (T == 1 and S == W and w_dtype == torch.float32 and x.dtype == torch.float32
+            and conv_state.dtype == torch.float32 and conv_state.is_contiguous()):
+        return _update_one_step_fp32(x, conv_state, weight, bias, activation)
     xw = x if x.dtype == w_dtype else x.to(w_dtype)
     L = W - 1 + T  # inputs one step of T outputs reads
     if T < S and S >= L and conv_state.dtype == x.dtype and conv_state.is_contiguous():
@@ -168,6 +173,29 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
     else:
         acc = _activate(acc, w_dtype, activation)
     return acc if acc.dtype == x.dtype else acc.to(x.dtype)
+
+
+def _update_one_step_fp32(x, conv_state, weight, bias, activation):
+    """One fp32 decode step with the transformers cache layout (S == W): six tensor ops.
+
+    The new state is built once in a scratch buffer (flat shift by one, x into each row's last
+    slot), copied into the cache, then multiplied in place by the taps and summed by one GEMV."""
+    B, D, S = conv_state.shape
+    flat = conv_state.view(-1)
+    new = torch.empty_like(flat)
+    new[:-1].copy_(flat[1:])
+    new[S - 1::S].copy_(x.reshape(-1))  # x [B, D, 1] in (b, d) order
+    flat.copy_(new)
+    new.view(B, D * S).mul_(weight.reshape(1, D * S))
+    ones = _ONES.get((S, x.device))
+    if ones is None:
+        ones = _ONES[(S, x.device)] = torch.ones(S, dtype=torch.float32, device=x.device)
+    acc = torch.mv(new.view(-1, S), ones)
+    if bias is not None:
+        acc.view(B, D).add_(bias.to(torch.float32))
+    if activation is not None:
+        F.silu(acc, inplace=True)
+    return acc.view(B, D, 1)
 
 
 #: (W, device) -> fp32 ones [W], the GEMV vector of the update
