@@ -269,8 +269,14 @@ def cmd_demo(args) -> int:
     console = _console()
     t_start = time.perf_counter()
     device = torch.device(args.device) if args.device else _default_device()
+    threads = ""
+    if device.type == "cpu":
+        # the default model's shapes are tiny: intra-op threads cost more than they give, and on a shared
+        # machine they make every timing noisy. Both paths run with the same setting.
+        torch.set_num_threads(max(1, args.threads))
+        threads = f", {torch.get_num_threads()} CPU thread(s)"
     console.print(f"[bold]interns2_fast demo[/bold] — built-in default model (scaled-down Intern-S2, random "
-                  f"weights, seed {args.seed}) on [bold]{device}[/bold], fp32")
+                  f"weights, seed {args.seed}) on [bold]{device}[/bold], fp32{threads}")
     with _progress(console) as progress:
         with _step(progress, "building the default model"):
             cfg = models.default_config()
@@ -481,7 +487,8 @@ def add_user_commands(sub) -> None:
     p.add_argument("--device", default=None, help="default: the first NPU/GPU, else the CPU")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reps", type=int, default=5, help="timed repetitions per op")
-    p.add_argument("--e2e-reps", type=int, default=2, help="timed generations per path (best is shown)")
+    p.add_argument("--e2e-reps", type=int, default=3, help="timed generations per path (best is shown)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads when running on the CPU")
 
     p = sub.add_parser("check", help="numerics of the patched path vs the reference path on prompts "
                                      "(top-k next tokens side by side, top-1 agreement, KL, max |Δlogit|)")
