@@ -172,7 +172,7 @@ class NumericsReport:
 
         tables = []
         for n, p in enumerate(self.prompts, 1):
-            t = Table(title=f"prompt {n}: {p.prompt[:60]!r} ({p.num_tokens} tokens) — next-token top-{self.top_k}",
+            t = Table(title=f"prompt {n}: {p.prompt[:90]!r} ({p.num_tokens} tokens) — next-token top-{self.top_k}",
                       caption=f"top-1 agreement {100 * p.top1_agreement:.2f}% · max |Δp| {p.max_dp:.2e} · "
                               f"KL mean {p.kl_mean:.2e} / max {p.kl_max:.2e} · max |Δlogit| {p.max_dlogit:.2e}")
             for col, just in (("rank", "right"), ("token", "left"), ("id", "right"), ("reference p", "right"),
