@@ -20,9 +20,18 @@ Kernels (vector-only; persistent grids of vector-core size with the task loop in
     a task precedes its stores, and tasks own disjoint rows, so the in-place update is safe.
 
 Supported: W = 2, 3, 4 are the tested widths; any W <= 8 works (the taps are unrolled, W is a
-constexpr). x any strides; weight [D, W] any strides; fp32/bf16/fp16 (mixed dtypes follow the
-rounding above); conv_state any strides with S >= W - 1; T of the update any (it is a runtime
-loop, meant for a few steps).
+constexpr). x any strides; weight [D, W] any strides (a contiguous copy, [D, W], is made when
+needed); fp32/bf16/fp16 (mixed dtypes follow the rounding above); conv_state any strides with
+S >= W - 1; T of the update any (it is a runtime loop, meant for a few steps); `seq_idx` [B, T]
+(packed sequences) without `initial_states`, as in the causal-conv1d package.
+
+Ascend notes: every tile address is an int64 scalar base (the tile origin) plus int32 offsets
+linear in tl.arange, so the adapter sees strided block accesses; the stride-1 axis of x is the
+tile's last axis (Triton specialises a stride equal to 1 at launch; LOWERING_CONFIGS declare it
+so). Initial / final states are handed to the kernel in the tile's orientation (a [B, D, W-1]
+copy when they are laid out the other way): gathers with a runtime stride along the last tile
+axis overflow the Unified Buffer at these tile sizes. Under TRITON_INTERPRET the bf16 roundings
+are done on the bits (`_round`), because the interpreter truncates fp32 -> bf16.
 """
 from __future__ import annotations
 
@@ -239,7 +248,9 @@ def _silu(activation) -> bool:
 def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, return_final_states=False,
                      final_states_out=None, activation=None):
     """See `interns2_fast.ops.causal_conv1d_fn`. x any strides (read in place); out has x's layout
-    when x is dense (the transposed projection output stays channel-last), else contiguous."""
+    when x is dense (the transposed projection output stays channel-last), else contiguous. Final
+    states made here are [B, D, W-1] in the tile's orientation (channel-last for channel-last x);
+    `final_states_out`, when given, is filled whatever its strides."""
     B, D, T = x.shape
     W = weight.shape[1]
     if W > MAX_WIDTH:
