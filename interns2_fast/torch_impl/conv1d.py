@@ -178,13 +178,16 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
 def _update_one_step_fp32(x, conv_state, weight, bias, activation):
     """One fp32 decode step with the transformers cache layout (S == W): six tensor ops.
 
-    The new state is built once in a scratch buffer (flat shift by one, x into each row's last
-    slot), copied into the cache, then multiplied in place by the taps and summed by one GEMV."""
+    The new state is built once in a scratch buffer (x into the slots the shift drops, then a flat
+    shift by one), copied into the cache, then multiplied in place by the taps and summed by one
+    GEMV."""
     B, D, S = conv_state.shape
     flat = conv_state.view(-1)
-    new = torch.empty_like(flat)
-    new[:-1].copy_(flat[1:])
-    new[S - 1::S].copy_(x.reshape(-1))  # x [B, D, 1] in (b, d) order
+    xf = x.reshape(-1)  # [B, D, 1] in (b, d) order: one value per state row
+    # Row r's new last slot is, after a flat shift by one, the old first slot of row r + 1 (which
+    # the shift drops): put x there first, then one contiguous cat makes the whole new state.
+    flat[S::S].copy_(xf[:-1])
+    new = torch.cat([flat[1:], xf[-1:]])
     flat.copy_(new)
     new.view(B, D * S).mul_(weight.reshape(1, D * S))
     ones = _ONES.get((S, x.device))
