@@ -493,7 +493,8 @@ def add_user_commands(sub) -> None:
     p = sub.add_parser("check", help="numerics of the patched path vs the reference path on prompts "
                                      "(top-k next tokens side by side, top-1 agreement, KL, max |Δlogit|)")
     p.add_argument("--model-path", default=None, help="model folder (default: the built-in default model)")
-    p.add_argument("--prompt", action="append", help=f"repeatable (default: {DEFAULT_PROMPT!r})")
+    p.add_argument("--prompt", action="extend", nargs="+", metavar="TEXT",
+                   help=f"one or more prompts, option repeatable (default: {DEFAULT_PROMPT!r})")
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--backend", default="auto")
     p.add_argument("--ops", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))

@@ -56,11 +56,11 @@ def test_demo(capsys):
 
 
 def test_check_default_model_markdown(capsys):
-    rc = cli.main(["check", "--markdown", "--prompt", "What is 2 + 3? Answer with just the number.",
+    rc = cli.main(["check", "--markdown", "--prompt", "What is 2 + 3? Answer with just the number.", "hi",
                    "--prompt", "hello"])
     out = capsys.readouterr().out
     assert rc == 0, out
-    assert out.count("| rank | token | id | reference p | patched p | Δp |") == 2
+    assert out.count("| rank | token | id | reference p | patched p | Δp |") == 3
     assert "top-1 agreement 100.00%" in out and "KL" in out and "max |Δlogit|" in out
 
 
