@@ -146,7 +146,9 @@ def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, re
     if not return_final_states:
         return out
     full = x if initial_states is None else torch.cat([initial_states.to(x.dtype), x], dim=-1)
-    tail = F.pad(full, (max(width - 1 - full.shape[-1], 0), 0))[..., -(width - 1):]
+    # The last W-1 inputs, zero-padded on the left when fewer were seen ([..., -0:] would be all).
+    tail = F.pad(full, (max(width - 1 - full.shape[-1], 0), 0))
+    tail = tail[..., tail.shape[-1] - (width - 1):]
     if final_states_out is not None:
         final_states_out.copy_(tail)
         tail = final_states_out
