@@ -334,7 +334,9 @@ def cmd_demo(args) -> int:
     console.print(f"[bold]{'IDENTICAL' if same else 'DIFFERENT'}[/bold]: greedy generation of "
                   f"{args.max_new_tokens} tokens with and without the patch (fp32)")
 
-    t = Table(title=f"time per op (median of {args.reps}), reference backend vs patched, on {device}")
+    t = Table(title=f"time per op (median of {args.reps}), reference backend vs patched, on {device}",
+              caption="reference backend = interns2_fast.reference (the transformers fallbacks; the eager expert "
+                      "loop for moe_experts)")
     for col in ("family", "op", "phase", "input shape", "reference ms", "patched ms", "backend", "speed-up"):
         t.add_column(col, justify="right" if col.endswith(("ms", "up")) else "left")
     fam_tot: dict = {}
@@ -355,7 +357,8 @@ def cmd_demo(args) -> int:
                     f"(best of {args.e2e_reps})")
     for col in ("path", "seconds", "tokens/s"):
         e.add_column(col)
-    e.add_row("reference (transformers fallbacks)", f"{t_ref:.3f}", f"{n / t_ref:.1f}")
+    experts_impl = getattr(model.config, "_experts_implementation", None) or "eager"
+    e.add_row(f"reference (transformers fallbacks; experts: {experts_impl})", f"{t_ref:.3f}", f"{n / t_ref:.1f}")
     e.add_row(f"patched ({', '.join(sorted({p.backend for p in report.patched}))})", f"{t_pat:.3f}",
               f"{n / t_pat:.1f}")
     console.print(e)
