@@ -190,6 +190,39 @@ def _peak_from_profiler_memory_events(prof) -> int | None:
     return peak
 
 
+class RssPeak:
+    """Context manager: peak resident memory above the RSS at entry (Linux: VmHWM after resetting
+    it through /proc/self/clear_refs). Costs nothing measurable, so it can wrap a timed call; it
+    counts allocator caching too. `peak` is None where /proc is missing."""
+
+    method = "peak RSS delta (VmHWM after clear_refs)"
+
+    def __init__(self):
+        self.peak: int | None = None
+        self._before: int | None = None
+
+    @staticmethod
+    def _status() -> dict[str, int]:
+        text = pathlib.Path("/proc/self/status").read_text()
+        return {k: int(re.search(rf"{k}:\s+(\d+) kB", text).group(1)) * 1024 for k in ("VmRSS", "VmHWM")}
+
+    def __enter__(self):
+        try:
+            pathlib.Path("/proc/self/clear_refs").write_text("5")
+            self._before = self._status()["VmRSS"]
+        except (OSError, AttributeError):
+            self._before = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._before is not None:
+            try:
+                self.peak = max(0, self._status()["VmHWM"] - self._before)
+            except (OSError, AttributeError):
+                self.peak = None
+        return False
+
+
 def peak_memory(fn: Callable[[], object], device) -> tuple[int | None, str]:
     """Run `fn` once and return (peak bytes allocated above what was live before, method).
 
@@ -216,17 +249,9 @@ def peak_memory(fn: Callable[[], object], device) -> tuple[int | None, str]:
     peak = _peak_from_profiler_memory_events(prof)
     if peak is not None:
         return peak, "torch.profiler allocation events (tensor bytes)"
-    try:
-        def status():
-            text = pathlib.Path("/proc/self/status").read_text()
-            return {k: int(re.search(rf"{k}:\s+(\d+) kB", text).group(1)) * 1024 for k in ("VmRSS", "VmHWM")}
-
-        pathlib.Path("/proc/self/clear_refs").write_text("5")
-        before = status()["VmRSS"]
+    with RssPeak() as rss:
         fn()
-        return max(0, status()["VmHWM"] - before), "peak RSS delta (VmHWM after clear_refs)"
-    except (OSError, AttributeError):
-        return None, "unavailable"
+    return (rss.peak, RssPeak.method) if rss.peak is not None else (None, "unavailable")
 
 
 # --- results: rows, table, plot ------------------------------------------------------------------

@@ -15,11 +15,11 @@ N = 4: three linear-attention layers and one full-attention layer) with random w
   each round decodes from a deep copy, untimed); B in {1, 8}; quick: {1}.
   extra_info["tokens_per_s"] = B * STEPS / median.
 * rounds: 3 on the CPU, 10 on accelerators, 1 in quick runs; each case first makes one untimed call
-  that warms up and measures memory.
-* peak memory, measured in that untimed call: extra_info["peak_mem_bytes"] = the peak of tensor
-  memory allocated during the call above what was live before it (the weights excluded);
-  extra_info["peak_mem_method"] says how (torch.cuda.max_memory_allocated on CUDA, torch.profiler's
-  allocation events on the CPU).
+  that warms up and measures memory (quick CPU runs skip it: see `_timed`).
+* peak memory: extra_info["peak_mem_bytes"] = the peak of memory allocated during the call above
+  what was live before it (the weights excluded); extra_info["peak_mem_method"] says how:
+  torch.cuda.max_memory_allocated on CUDA, torch.profiler's allocation events (tensor bytes) on the
+  CPU, the peak-RSS delta around the timed round in quick CPU runs.
 
 Environment: INTERNS2_BENCH_LAYERS (default 4), INTERNS2_BENCH_PREFILL_T ("512,2048"),
 INTERNS2_BENCH_DECODE_B ("1,8"), INTERNS2_BENCH_DECODE_STEPS, plus the suite-wide ones in conftest.py.
@@ -104,6 +104,25 @@ def _median(benchmark) -> float | None:
     return getattr(inner, "median", None)
 
 
+def _timed(benchmark, once, pedantic_kwargs, warm) -> tuple[int | None, str]:
+    """Time ROUNDS rounds and measure peak memory; returns (peak bytes, method).
+
+    Full runs: one untimed call first, which warms up and measures memory precisely (peak_memory:
+    CUDA allocator stats / torch.profiler allocation events). Quick CPU runs replace it by a cheap
+    warm-up (`warm`: the same path on a few tokens; a full-width reference prefill takes a minute)
+    and take memory as the peak-RSS delta around the timed round, which costs nothing measurable
+    but includes allocator caching.
+    """
+    if QUICK and DEVICE.type == "cpu":
+        warm()
+        with _bench.RssPeak() as rss:
+            benchmark.pedantic(rounds=ROUNDS, warmup_rounds=0, **pedantic_kwargs)
+        return rss.peak, _bench.RssPeak.method
+    peak, method = _bench.peak_memory(once, DEVICE)
+    benchmark.pedantic(rounds=ROUNDS, warmup_rounds=0, **pedantic_kwargs)
+    return peak, method
+
+
 def _enter_variant(exits: contextlib.ExitStack, model, variant: str) -> dict:
     try:
         return exits.enter_context(_bench.model_variant(model, variant))
@@ -119,9 +138,8 @@ def test_prefill(benchmark, stack, variant, T):
                  dtype=DTYPE, seq_len=T, batch=1, layers=NUM_LAYERS)
     with contextlib.ExitStack() as exits:
         info = _enter_variant(exits, stack, variant)
-        # The (untimed) memory measurement is also the warm-up call.
-        peak, method = _bench.peak_memory(lambda: _prefill(stack, ids), DEVICE)
-        benchmark.pedantic(_prefill, args=(stack, ids), rounds=ROUNDS, warmup_rounds=0, iterations=1)
+        peak, method = _timed(benchmark, lambda: _prefill(stack, ids), dict(target=_prefill, args=(stack, ids)),
+                              warm=lambda: _prefill(stack, ids[:, :16]))
     median = _median(benchmark)
     benchmark.extra_info.update(info, peak_mem_bytes=peak, peak_mem_method=method,
                                 tokens_per_s=(T / median) if median else None)
@@ -144,9 +162,8 @@ def test_decode(benchmark, stack, variant, B):
             return (stack, copied, first, DECODE_STEPS), {}
 
         (model, c, tok, steps), _ = setup()
-        # The (untimed) memory measurement is also the warm-up round.
-        peak, method = _bench.peak_memory(lambda: _decode(model, c, tok, steps), DEVICE)
-        benchmark.pedantic(_decode, setup=setup, rounds=ROUNDS, warmup_rounds=0)
+        peak, method = _timed(benchmark, lambda: _decode(model, c, tok, steps), dict(target=_decode, setup=setup),
+                              warm=lambda: _decode(model, c, tok, 1))
     median = _median(benchmark)
     benchmark.extra_info.update(info, peak_mem_bytes=peak, peak_mem_method=method,
                                 tokens_per_s=(B * DECODE_STEPS / median) if median else None)
