@@ -296,7 +296,8 @@ def make_rows(benchmarks: list[dict]) -> list[Row]:
         group = b.get("group") or f"{info.get('op', b.get('name'))} {info.get('shape', '')}".strip()
         row = Row(group=group, op=str(info.pop("op", group.split(" ")[0])), shape=str(info.pop("shape", "")),
                   backend=str(info.pop("backend", "?")), median_s=float(stats["median"]), ratio=None,
-                  device=str(info.pop("device", "")), dtype=str(info.pop("dtype", "")), name=b.get("name", ""),
+                  device=str(info.pop("device", "")), dtype=str(info.pop("dtype", "")).replace("torch.", ""),
+                  name=b.get("name", ""),
                   extra=info)
         groups.setdefault(group, []).append(row)
     rows: list[Row] = []
@@ -420,6 +421,9 @@ def plot_speedup(rows: list[Row], path, title: str = "") -> bool:
             ax.plot(xs, ys, marker="o", label=f"{op} · {backend}")
         ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
         ax.set_xscale("log", base=2)
+        ys = [y for points in series[axis].values() for _, y in points if y > 0]
+        if ys and max(ys) / min(ys) > 20:
+            ax.set_yscale("log")
         ax.set_xlabel("sequence length / tokens T" if axis == "T" else "batch B")
         ax.set_ylabel("speedup vs reference (×)")
         ax.grid(True, which="both", alpha=0.3)
