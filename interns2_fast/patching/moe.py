@@ -79,38 +79,51 @@ def register_experts_implementation(name: str = EXPERTS_IMPLEMENTATION) -> str:
 _ROUTER_RETURNS_PROBS: dict[type, bool] = {}
 
 
-def router_semantics(router: torch.nn.Module) -> bool:
+def router_semantics(router: torch.nn.Module, original=None) -> bool:
     """True when the installed router returns softmax probabilities (fp32) in its first slot
     (transformers 5.2), False when it returns the raw logits (later versions).
 
-    Found once per router class by running the class's own (unpatched) forward on a zero token with
-    a tiny CPU stand-in that carries the instance's plain attributes (top_k, norm_topk_prob, ...):
-    probabilities give 1/E in slot 0, logits give 0. Works for routers on any device, meta included.
+    Found once per router class by running the instance's own (unpatched) forward — `original`, or
+    the class's forward — on a zero token: probabilities give 1/E each in slot 0, logits give 0. When
+    the weight is offloaded, the module call (accelerate's hooks bring it in) is tried next; when
+    neither can run (meta weights), logits are assumed (only `output_router_logits` reads slot 0).
     """
     cls = type(router)
     if cls not in _ROUTER_RETURNS_PROBS:
-        probe = cls.__new__(cls)
-        torch.nn.Module.__init__(probe)
-        for name, value in vars(router).items():
-            if not name.startswith("_") and isinstance(value, (bool, int, float, str)):
-                setattr(probe, name, value)
-        probe.weight = torch.nn.Parameter(torch.zeros(2, 4), requires_grad=False)
-        probe.top_k, probe.num_experts, probe.hidden_dim = 1, 2, 4
-        with torch.no_grad():
-            first = cls.forward(probe, torch.zeros(1, 4))[0]
+        w = router.weight
+        x = torch.zeros(1, w.shape[1], dtype=w.dtype, device="cpu" if w.device.type == "meta" else w.device)
+        own = original if original is not None else (lambda h: cls.forward(router, h))
+        first = None
+        for call in (own, router):
+            try:
+                with torch.no_grad():
+                    first = call(x)[0]
+            except Exception:  # noqa: BLE001  (an offloaded or meta weight cannot run here)
+                first = None
+            if first is not None and first.device.type != "meta":
+                break
+            first = None
+        if first is None:
+            return False
         _ROUTER_RETURNS_PROBS[cls] = bool(first.float().abs().sum() > 0)
     return _ROUTER_RETURNS_PROBS[cls]
 
 
-def router_forward(router: torch.nn.Module, hidden_states: torch.Tensor, *, backend: str | None = None):
+def router_forward(router: torch.nn.Module, hidden_states: torch.Tensor, *, backend: str | None = None,
+                   slot0_is_probs: bool | None = None, trace=None):
     """What the installed router's forward returns, computed by `ops.moe_route`:
     (probs fp32 | logits, top-k weights in that slot's dtype, top-k ids int64). A router with
-    `norm_topk_prob=False` (a Qwen3-Next option) skips the renormalisation."""
+    `norm_topk_prob=False` (a Qwen3-Next option) skips the renormalisation. `trace(fn, args,
+    kwargs)`, when given, sees the op call before it runs (the demo's per-op timing)."""
+    backend = _backend(router, backend)
     hidden = hidden_states.reshape(-1, router.weight.shape[1])
-    renorm = bool(getattr(router, "norm_topk_prob", True))
-    logits, weights, ids = ops.moe_route(hidden, router.weight, router.top_k, renormalize=renorm,
-                                         backend=_backend(router, backend))
-    first = torch.softmax(logits, dim=-1, dtype=torch.float32) if router_semantics(router) else logits
+    kwargs = dict(renormalize=bool(getattr(router, "norm_topk_prob", True)))
+    if trace is not None:
+        trace(ops.moe_route, (hidden, router.weight, router.top_k), kwargs)
+    logits, weights, ids = ops.moe_route(hidden, router.weight, router.top_k, backend=backend, **kwargs)
+    if slot0_is_probs is None:
+        slot0_is_probs = router_semantics(router)
+    first = torch.softmax(logits, dim=-1, dtype=torch.float32) if slot0_is_probs else logits
     return first, weights.to(first.dtype), ids
 
 
@@ -119,11 +132,14 @@ def router_forward(router: torch.nn.Module, hidden_states: torch.Tensor, *, back
 
 
 def sparse_moe_block_forward(block: torch.nn.Module, hidden_states: torch.Tensor, *,
-                             backend: str | None = None) -> torch.Tensor:
+                             backend: str | None = None, trace=None) -> torch.Tensor:
     """The sparse-MoE block: router -> experts (+ sigmoid-gated shared expert fused into the
     combine) -> [B, L, H], as the installed block's forward returns it. The router runs through
     `router_forward`, or as a module call when it carries forward hooks (transformers records
-    `output_router_logits` with them) or a patched forward."""
+    `output_router_logits` with them) or a patched forward. An accelerate offload hook on the
+    experts child is fired around the call, since their weights are read directly."""
+    from .gdn import _fire_hooks
+
     backend = _backend(block, backend)
     shape = hidden_states.shape
     x = hidden_states.reshape(-1, shape[-1])
@@ -131,13 +147,24 @@ def sparse_moe_block_forward(block: torch.nn.Module, hidden_states: torch.Tensor
     if router._forward_hooks or router._forward_pre_hooks or "forward" in vars(router):
         _, weights, ids = router(x)  # hooked (e.g. output_router_logits) or patched: keep the module call
     else:
-        _, weights, ids = router_forward(router, x, backend=backend)
-    shared_out = block.shared_expert(x)
-    shared_gate = block.shared_expert_gate(x)  # [T, 1] logits
+        _, weights, ids = router_forward(router, x, backend=backend, trace=trace)
+    shared = getattr(block, "shared_expert", None)
+    shared_out = shared(x) if shared is not None else None
+    gate = getattr(block, "shared_expert_gate", None)
+    shared_gate = gate(x) if (gate is not None and shared_out is not None) else None  # [T, 1] logits
     experts = block.experts
     if getattr(experts, "has_bias", False) or getattr(experts, "is_transposed", False):
-        out = experts(x, ids, weights) + F.sigmoid(shared_gate) * shared_out
-    else:
-        out = ops.moe_experts(x, ids, weights, experts.gate_up_proj, experts.down_proj, backend=backend,
-                              shared_expert_output=shared_out, shared_expert_gate=shared_gate)
+        out = experts(x, ids, weights)
+        if shared_out is not None:
+            out = out + (F.sigmoid(shared_gate) * shared_out if shared_gate is not None else shared_out)
+        return out.reshape(shape)
+    _fire_hooks(block, ("experts",), pre=True)
+    try:
+        args = (x, ids, weights, experts.gate_up_proj, experts.down_proj)
+        kwargs = dict(shared_expert_output=shared_out, shared_expert_gate=shared_gate)
+        if trace is not None:
+            trace(ops.moe_experts, args, kwargs)
+        out = ops.moe_experts(*args, backend=backend, **kwargs)
+    finally:
+        _fire_hooks(block, ("experts",), pre=False)
     return out.reshape(shape)
