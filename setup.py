@@ -23,6 +23,7 @@ setup(
             "pytest",
             "pytest-benchmark",
             "pytest-xdist",
+            "accelerate",  # device_map loading in the patching tests
             "hypothesis",
             "matplotlib",
             "triton-ascend==3.2.0",

@@ -7,6 +7,10 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# One intra-op thread per test process: the suite runs under pytest-xdist with one worker per
+# core, and oversubscribed ATen thread pools made it 7-20x slower on the 2-core CI machine.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed():
