@@ -102,6 +102,13 @@ def test_speedup_series_and_plot(synthetic_json, tmp_path):
     assert not bench.plot_speedup([], tmp_path / "empty.png")
 
 
+def test_merge_benchmark_json(synthetic_json, tmp_path):
+    dest = tmp_path / "merged.json"
+    bench.merge_benchmark_json([synthetic_json, tmp_path / "missing.json", synthetic_json], dest)
+    merged = json.loads(dest.read_text())
+    assert len(merged["benchmarks"]) == 18 and "machine_info" in merged
+
+
 def test_pytest_command_and_cli_parser(tmp_path):
     cmd = bench.pytest_command([tmp_path / "ops"], tmp_path / "b.json", quick=True)
     assert f"--benchmark-json={tmp_path / 'b.json'}" in cmd and "--benchmark-only" in cmd
