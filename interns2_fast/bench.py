@@ -280,8 +280,9 @@ def load_benchmarks(paths: Iterable) -> list[dict]:
     return out
 
 
-def merge_benchmark_json(parts, dest) -> None:
-    """Concatenate pytest-benchmark JSON files (machine/commit info from the first one present)."""
+def merge_benchmark_json(parts, dest, *, keep_data: bool = False) -> None:
+    """Concatenate pytest-benchmark JSON files (machine/commit info from the first one present).
+    Without keep_data the per-round timings (`stats.data`) are dropped; the statistics stay."""
     merged: dict | None = None
     for p in parts:
         p = pathlib.Path(p)
@@ -292,8 +293,12 @@ def merge_benchmark_json(parts, dest) -> None:
             merged = data
         else:
             merged.setdefault("benchmarks", []).extend(data.get("benchmarks", []))
-    if merged is not None:
-        pathlib.Path(dest).write_text(json.dumps(merged, indent=1))
+    if merged is None:
+        return
+    if not keep_data:
+        for b in merged.get("benchmarks", []):
+            (b.get("stats") or {}).pop("data", None)
+    pathlib.Path(dest).write_text(json.dumps(merged, indent=1))
 
 
 def _backend_key(backend: str):

@@ -32,7 +32,7 @@ def counts():
 
 def _bench_entry(group, backend, median, shape, op, **extra):
     return {"group": group, "name": f"test_x[{backend}]", "fullname": f"bench_x.py::test_x[{backend}]",
-            "stats": {"median": median, "min": median, "max": median, "rounds": 3},
+            "stats": {"median": median, "min": median, "max": median, "rounds": 3, "data": [median] * 3},
             "extra_info": dict(op=op, shape=shape, backend=backend, device="cpu", dtype="float32", **extra)}
 
 
@@ -107,6 +107,7 @@ def test_merge_benchmark_json(synthetic_json, tmp_path):
     bench.merge_benchmark_json([synthetic_json, tmp_path / "missing.json", synthetic_json], dest)
     merged = json.loads(dest.read_text())
     assert len(merged["benchmarks"]) == 18 and "machine_info" in merged
+    assert all("data" not in b["stats"] and "median" in b["stats"] for b in merged["benchmarks"])
 
 
 def test_pytest_command_and_cli_parser(tmp_path):
