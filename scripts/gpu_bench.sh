@@ -161,8 +161,7 @@ from interns2_fast import bench
 run, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 jsons = sorted(run.glob("*/benchmarks.json"))
 rows = bench.make_rows(bench.load_benchmarks(jsons))
-merged = {"benchmarks": [b for p in jsons for b in json.loads(p.read_text()).get("benchmarks", [])]}
-(out / "benchmarks.json").write_text(json.dumps(merged, indent=1))
+bench.merge_benchmark_json(jsons, out / "benchmarks.json")  # statistics kept, per-round data in run.tar.gz
 env = json.loads(next(run.glob("*/env.json")).read_text()) if list(run.glob("*/env.json")) else {}
 title = f"interns2_fast GPU run — {env.get('cuda_device', '?')}, {env.get('date', '')[:10]}"
 parts = [f"# {title}\n", f"torch {env.get('torch')}, transformers {env.get('transformers')}, "
