@@ -184,9 +184,10 @@ def _renamed_source(module) -> str:
     return src
 
 
-def intern_s2_remote_code_dir(path=None, config=None, *, seed: int = 0) -> pathlib.Path:
+def intern_s2_remote_code_dir(path=None, config=None, *, seed: int = 0, with_tokenizer: bool = False) -> pathlib.Path:
     """Write a model folder that loads like Intern-S2-Preview (`trust_remote_code=True`): renamed
-    copies of the installed qwen3_5_moe configuration/modeling modules, `auto_map`, random weights."""
+    copies of the installed qwen3_5_moe configuration/modeling modules, `auto_map`, random weights,
+    and with `with_tokenizer` a character tokenizer with a chat template (for `interns2-fast generate`)."""
     from transformers.models.qwen3_5_moe import configuration_qwen3_5_moe, modeling_qwen3_5_moe
 
     path = pathlib.Path(path or tempfile.mkdtemp(prefix="interns2_remote_"))
@@ -224,4 +225,32 @@ def intern_s2_remote_code_dir(path=None, config=None, *, seed: int = 0) -> pathl
     config_json = json.loads((path / "config.json").read_text())
     config_json["auto_map"] = cfg.auto_map
     (path / "config.json").write_text(json.dumps(config_json, indent=2))
+    if with_tokenizer:
+        write_char_tokenizer(path)
     return path
+
+
+# A Qwen-style chat template with the thinking switch, for the character tokenizer below.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)
+
+
+def write_char_tokenizer(path) -> None:
+    """A character-level tokenizer with a chat template (ids < 100, inside the tiny models' vocabulary)."""
+    from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers
+    from tokenizers import models as tok_models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<|im_start|>": 1, "<|im_end|>": 2, "\n": 3}
+    for i in range(32, 127):
+        vocab[chr(i)] = len(vocab)
+    tok = Tokenizer(tok_models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<|im_end|>",
+                                   additional_special_tokens=["<|im_start|>"])
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(path)

@@ -14,36 +14,9 @@ from interns2_fast import cli, models  # noqa: E402
 
 hf_logging.disable_progress_bar()
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n"
-    "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
-)
-
-
-def write_char_tokenizer(path):
-    """A character-level tokenizer with a chat template (ids < 100, inside the tiny models' vocabulary)."""
-    from tokenizers import Regex, Tokenizer, decoders, pre_tokenizers
-    from tokenizers import models as tok_models
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<unk>": 0, "<|im_start|>": 1, "<|im_end|>": 2, "\n": 3}
-    for i in range(32, 127):
-        vocab[chr(i)] = len(vocab)
-    tok = Tokenizer(tok_models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<|im_end|>",
-                                   additional_special_tokens=["<|im_start|>"])
-    fast.chat_template = CHAT_TEMPLATE
-    fast.save_pretrained(path)
-
-
 @pytest.fixture(scope="module")
 def remote_dir(tmp_path_factory):
-    path = models.intern_s2_remote_code_dir(tmp_path_factory.mktemp("remote"))
-    write_char_tokenizer(path)
-    return path
+    return models.intern_s2_remote_code_dir(tmp_path_factory.mktemp("remote"), with_tokenizer=True)
 
 
 def test_demo(capsys):
@@ -100,14 +73,14 @@ def test_generate_user_errors_exit_2_with_one_sentence(tmp_path, capsys, remote_
         extra, expect = [], "no usable tokenizer"
     elif case == "unknown_type":
         path = _write_config(tmp_path / "u", {"model_type": "definitely_not_a_model"})
-        write_char_tokenizer(path)
+        models.write_char_tokenizer(path)
         extra, expect = [], "no model configuration transformers can read"
     elif case == "not_causal":
         from transformers import CLIPConfig
 
         path = tmp_path / "clip"
         CLIPConfig().save_pretrained(path)
-        write_char_tokenizer(path)
+        models.write_char_tokenizer(path)
         extra, expect = [], "not supported as a causal language model"
     else:
         path, extra, expect = remote_dir, ["--max-memory", "0=58GiB,oops"], "--max-memory expects"
