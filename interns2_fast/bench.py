@@ -91,6 +91,27 @@ def synchronize(device) -> None:
         torch.npu.synchronize(device)  # type: ignore[attr-defined]
 
 
+#: Public alternatives an op benchmark compares on CUDA when installed: backend name -> package.
+PUBLIC_ALTERNATIVES = {"fla": "fla", "causal_conv1d": "causal_conv1d"}
+
+
+def skip_unavailable(backend: str, device) -> None:
+    """pytest.skip a benchmark backend that cannot run on `device`: triton only on a CUDA/NPU device
+    (the CPU interpreter is a correctness tool, no fast path); the public alternatives only on CUDA
+    with their package installed."""
+    import importlib.util
+
+    import pytest
+
+    from . import device as _device
+
+    if backend == "triton" and not (device.type != "cpu" and _device.triton_usable(device)):
+        pytest.skip("triton: needs a CUDA/NPU device (the CPU interpreter is no fast path)")
+    package = PUBLIC_ALTERNATIVES.get(backend)
+    if package and (device.type != "cuda" or importlib.util.find_spec(package) is None):
+        pytest.skip(f"{backend}: needs CUDA and the {package} package")
+
+
 def label(benchmark, *, op: str, shape: str, backend: str, device, dtype, **extra) -> None:
     """Set a benchmark's group ("<op> <shape>") and extra_info the way the aggregation expects."""
     benchmark.group = f"{op} {shape}"

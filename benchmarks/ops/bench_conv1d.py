@@ -12,15 +12,13 @@ CPU, bf16 elsewhere.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import pytest
 import torch
 
-from interns2_fast import device as _device
 from interns2_fast import ops
-from interns2_fast.bench import select_device, select_dtype, synchronize
+from interns2_fast.bench import label, select_device, select_dtype, skip_unavailable, synchronize
 
 QUICK = os.environ.get("INTERNS2_BENCH_QUICK") == "1"
 
@@ -33,17 +31,6 @@ DEVICE = select_device()
 DTYPE = select_dtype(DEVICE)
 
 
-def _skip_unavailable(backend):
-    if backend == "triton" and not (DEVICE.type != "cpu" and _device.triton_usable(DEVICE)):
-        pytest.skip("triton: needs a CUDA/NPU device (the CPU interpreter is no fast path)")
-    if backend == "causal_conv1d":
-        if DEVICE.type != "cuda" or importlib.util.find_spec("causal_conv1d") is None:
-            pytest.skip("causal_conv1d: needs CUDA and the causal-conv1d package")
-
-
-def _label(benchmark, op, shape, backend):
-    benchmark.group = f"{op} {shape}"
-    benchmark.extra_info.update(op=op, shape=shape, backend=backend, device=str(DEVICE), dtype=str(DTYPE))
 
 
 def _weight():
@@ -54,9 +41,9 @@ def _weight():
 @pytest.mark.parametrize("T", LENGTHS)
 def test_prefill(benchmark, backend, T):
     """One linear-attention layer's conv over T tokens of the transposed projection output."""
-    _skip_unavailable(backend)
+    skip_unavailable(backend, DEVICE)
     op = "causal_conv1d_fn"
-    _label(benchmark, op, f"B=1 D={D} T={T} W={W}", backend)
+    label(benchmark, op=op, shape=f"B=1 D={D} T={T} W={W}", backend=backend, device=DEVICE, dtype=DTYPE)
     x = torch.randn(1, T, D, device=DEVICE).to(DTYPE).transpose(1, 2)
     weight = _weight()
     if backend == "causal_conv1d":
@@ -78,9 +65,9 @@ def test_prefill(benchmark, backend, T):
 @pytest.mark.parametrize("B", BATCHES)
 def test_update(benchmark, backend, B):
     """One decode step: the new token's conv output and the in-place roll of the [B, D, 4] state."""
-    _skip_unavailable(backend)
+    skip_unavailable(backend, DEVICE)
     op = "causal_conv1d_update"
-    _label(benchmark, op, f"B={B} D={D} T=1 W={W} S={W}", backend)
+    label(benchmark, op=op, shape=f"B={B} D={D} T=1 W={W} S={W}", backend=backend, device=DEVICE, dtype=DTYPE)
     x = torch.randn(B, 1, D, device=DEVICE).to(DTYPE).transpose(1, 2)
     state = torch.randn(B, D, W, device=DEVICE).to(DTYPE)
     weight = _weight()

@@ -10,15 +10,14 @@ calls it), with an fp32 initial state and the final state returned. fp32 on the 
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from interns2_fast import device as _device
 from interns2_fast import ops
+from interns2_fast.bench import label, select_device, select_dtype, skip_unavailable, synchronize
 
 QUICK = os.environ.get("INTERNS2_BENCH_QUICK") == "1"
 
@@ -27,33 +26,10 @@ LENGTHS = [512, 2048] if QUICK else [512, 2048, 8192]
 BACKENDS = ["reference", "torch", "triton", "fla"]
 
 
-def _device_and_dtype():
-    try:
-        from interns2_fast.bench import select_device, select_dtype
-    except ImportError:  # the suite's shared helpers are optional here
-        name = os.environ.get("INTERNS2_BENCH_DEVICE")
-        dev = torch.device(name) if name else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return dev, (torch.float32 if dev.type == "cpu" else torch.bfloat16)
-    dev = select_device()
-    return dev, select_dtype(dev)
+DEVICE = select_device()
+DTYPE = select_dtype(DEVICE)
 
 
-DEVICE, DTYPE = _device_and_dtype()
-
-
-def _sync():
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize(DEVICE)
-    elif DEVICE.type == "npu":
-        torch.npu.synchronize(DEVICE)  # type: ignore[attr-defined]
-
-
-def _skip_unavailable(backend):
-    if backend == "triton" and not (DEVICE.type != "cpu" and _device.triton_usable(DEVICE)):
-        pytest.skip("triton: needs a CUDA/NPU device (the CPU interpreter is no fast path)")
-    if backend == "fla":
-        if DEVICE.type != "cuda" or importlib.util.find_spec("fla") is None:
-            pytest.skip("fla: needs CUDA and flash-linear-attention")
 
 
 def _inputs(T):
@@ -84,11 +60,10 @@ def _fla_prefill(x):
 @pytest.mark.parametrize("T", LENGTHS)
 def test_prefill(benchmark, backend, T):
     """One linear-attention layer's chunked prefill of T tokens (chunk 64), final state out."""
-    _skip_unavailable(backend)
+    skip_unavailable(backend, DEVICE)
     op = "chunk_gated_delta_rule"
     shape = f"B=1 T={T} Hk={HK} Hv={HV} K=V={D}"
-    benchmark.group = f"{op} {shape}"
-    benchmark.extra_info.update(op=op, shape=shape, backend=backend, device=str(DEVICE), dtype=str(DTYPE))
+    label(benchmark, op=op, shape=shape, backend=backend, device=DEVICE, dtype=DTYPE)
     x = _inputs(T)
     if backend == "fla":
         call = lambda: _fla_prefill(x)  # noqa: E731
@@ -98,7 +73,7 @@ def test_prefill(benchmark, backend, T):
                                               output_final_state=True, use_qk_l2norm_in_kernel=True,
                                               backend=backend)
     call()
-    _sync()
+    synchronize(DEVICE)
     if DEVICE.type == "cpu" and T >= 2048:
         # seconds per call on the CPU: a few rounds, not pytest-benchmark's default minimum of 5
         o, s = benchmark.pedantic(call, rounds=3, iterations=1)

@@ -11,15 +11,14 @@ in place), torch / triton / fla update the cache state in place. fp32 on the CPU
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from interns2_fast import device as _device
 from interns2_fast import ops
+from interns2_fast.bench import label, select_device, select_dtype, skip_unavailable, synchronize
 
 QUICK = os.environ.get("INTERNS2_BENCH_QUICK") == "1"
 
@@ -29,38 +28,11 @@ GATING_CASES = [(1, 1), (1, 2048)] if QUICK else [(1, 1), (32, 1), (1, 2048)]
 BACKENDS = ["reference", "torch", "triton", "fla"]
 
 
-def _device_and_dtype():
-    try:
-        from interns2_fast.bench import select_device, select_dtype
-    except ImportError:  # the suite's shared helpers are optional here
-        name = os.environ.get("INTERNS2_BENCH_DEVICE")
-        dev = torch.device(name) if name else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return dev, (torch.float32 if dev.type == "cpu" else torch.bfloat16)
-    dev = select_device()
-    return dev, select_dtype(dev)
+DEVICE = select_device()
+DTYPE = select_dtype(DEVICE)
 
 
-DEVICE, DTYPE = _device_and_dtype()
 
-
-def _sync():
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize(DEVICE)
-    elif DEVICE.type == "npu":
-        torch.npu.synchronize(DEVICE)  # type: ignore[attr-defined]
-
-
-def _skip_unavailable(backend):
-    if backend == "triton" and not (DEVICE.type != "cpu" and _device.triton_usable(DEVICE)):
-        pytest.skip("triton: needs a CUDA/NPU device (the CPU interpreter is no fast path)")
-    if backend == "fla":
-        if DEVICE.type != "cuda" or importlib.util.find_spec("fla") is None:
-            pytest.skip("fla: needs CUDA and flash-linear-attention")
-
-
-def _label(benchmark, op, shape, backend):
-    benchmark.group = f"{op} {shape}"
-    benchmark.extra_info.update(op=op, shape=shape, backend=backend, device=str(DEVICE), dtype=str(DTYPE))
 
 
 def _decode_inputs(B):
@@ -90,9 +62,9 @@ def _fla_step(x):
 @pytest.mark.parametrize("B", DECODE_BATCHES)
 def test_decode_step(benchmark, backend, B):
     """One linear-attention decode step: gating + recurrence on a [B, 32, 128, 128] fp32 state."""
-    _skip_unavailable(backend)
+    skip_unavailable(backend, DEVICE)
     op = "fused_recurrent_gated_delta_rule_with_gating"
-    _label(benchmark, op, f"B={B} T=1 Hk={HK} Hv={HV} K=V={D}", backend)
+    label(benchmark, op=op, shape=f"B={B} T=1 Hk={HK} Hv={HV} K=V={D}", backend=backend, device=DEVICE, dtype=DTYPE)
     x = _decode_inputs(B)
     args = (x["q"], x["k"], x["v"], x["a"], x["b"], x["A_log"], x["dt_bias"])
     if backend == "fla":
@@ -108,7 +80,7 @@ def test_decode_step(benchmark, backend, B):
                 *args, initial_state=x["state"], inplace_final_state=True, use_qk_l2norm_in_kernel=True,
                 backend=backend)
     step()
-    _sync()
+    synchronize(DEVICE)
     o, s = benchmark(step)
     assert o.shape == (B, 1, HV, D) and torch.isfinite(o.float()).all()
 
@@ -117,15 +89,15 @@ def test_decode_step(benchmark, backend, B):
 @pytest.mark.parametrize("B, T", GATING_CASES, ids=lambda v: str(v))
 def test_gating(benchmark, backend, B, T):
     """g, beta from the raw projections (g fp32, beta in the input dtype)."""
-    _skip_unavailable(backend)
-    _label(benchmark, "gdn_gating", f"B={B} T={T} Hv={HV}", backend)
+    skip_unavailable(backend, DEVICE)
+    label(benchmark, op="gdn_gating", shape=f"B={B} T={T} Hv={HV}", backend=backend, device=DEVICE, dtype=DTYPE)
     a = torch.randn(B, T, HV, device=DEVICE).to(DTYPE)
     b = torch.randn(B, T, HV, device=DEVICE).to(DTYPE)
     A_log = torch.rand(HV, device=DEVICE).to(DTYPE)
     dt_bias = torch.randn(HV, device=DEVICE).to(DTYPE)
     call = lambda: ops.gdn_gating(A_log, a, dt_bias, b, backend=backend)  # noqa: E731
     call()
-    _sync()
+    synchronize(DEVICE)
     g, beta = benchmark(call)
     ref = -A_log.float().exp() * F.softplus(a.float() + dt_bias.float())
     assert torch.allclose(g, ref, rtol=1e-5, atol=1e-6)

@@ -16,8 +16,8 @@ import os
 import pytest
 import torch
 
-from interns2_fast import device as _device
 from interns2_fast import ops
+from interns2_fast.bench import label, select_device, select_dtype, skip_unavailable, synchronize
 
 QUICK = os.environ.get("INTERNS2_BENCH_QUICK") == "1"
 
@@ -26,18 +26,8 @@ TOKENS = [1, 8, 512] if QUICK else [1, 8, 512, 4096]
 BACKENDS = ["reference", "torch", "triton", "hf_grouped_mm"]
 
 
-def _device_and_dtype():
-    try:
-        from interns2_fast.bench import select_device, select_dtype
-    except ImportError:
-        name = os.environ.get("INTERNS2_BENCH_DEVICE")
-        dev = torch.device(name) if name else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return dev, (torch.float32 if dev.type == "cpu" else torch.bfloat16)
-    dev = select_device()
-    return dev, select_dtype(dev)
-
-
-DEVICE, DTYPE = _device_and_dtype()
+DEVICE = select_device()
+DTYPE = select_dtype(DEVICE)
 _WEIGHTS: dict = {}
 
 
@@ -58,12 +48,6 @@ def _inputs(T):
     w = (w / w.sum(-1, keepdim=True)).to(DEVICE)
     return hidden, ids, w
 
-
-def _sync():
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize(DEVICE)
-    elif DEVICE.type == "npu":
-        torch.npu.synchronize(DEVICE)  # type: ignore[attr-defined]
 
 
 def _hf_grouped_mm():
@@ -93,14 +77,11 @@ def _hf_grouped_mm():
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("T", TOKENS)
 def test_moe_experts(benchmark, backend, T):
-    if backend == "triton" and not (DEVICE.type != "cpu" and _device.triton_usable(DEVICE)):
-        pytest.skip("triton: needs a CUDA/NPU device (the CPU interpreter is no fast path)")
+    skip_unavailable(backend, DEVICE)
     if backend == "hf_grouped_mm" and DEVICE.type != "cuda":
         pytest.skip("hf_grouped_mm: CUDA only (torch's CPU grouped_mm is a naive kernel)")
     shape = f"T={T} E={E} k={K} H={H} I={I}"
-    benchmark.group = f"moe_experts {shape}"
-    benchmark.extra_info.update(op="moe_experts", shape=shape, backend=backend, device=str(DEVICE),
-                                dtype=str(DTYPE).replace("torch.", ""))
+    label(benchmark, op="moe_experts", shape=shape, backend=backend, device=DEVICE, dtype=DTYPE)
     gu, dn = _weights()
     hidden, ids, w = _inputs(T)
     if backend == "hf_grouped_mm":
@@ -115,5 +96,5 @@ def test_moe_experts(benchmark, backend, T):
     # The CPU is shared and noisy: many rounds where a call is cheap, few where it takes seconds.
     rounds = (2 if T >= 4096 else 3 if T >= 512 else 10 if T >= 8 else 30) if DEVICE.type == "cpu" else 20
     run()
-    _sync()
+    synchronize(DEVICE)
     benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=0)

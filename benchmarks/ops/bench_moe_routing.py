@@ -22,8 +22,8 @@ import os
 import pytest
 import torch
 
-from interns2_fast import device as _device
 from interns2_fast import ops
+from interns2_fast.bench import label, select_device, select_dtype, skip_unavailable, synchronize
 
 QUICK = os.environ.get("INTERNS2_BENCH_QUICK") == "1"
 
@@ -34,25 +34,9 @@ BACKENDS = ["reference", "torch", "triton"]
 ROUTE_BACKENDS = ["reference", "hf_router", "torch", "triton"]
 
 
-def _device_and_dtype():
-    try:
-        from interns2_fast.bench import select_device, select_dtype
-    except ImportError:
-        name = os.environ.get("INTERNS2_BENCH_DEVICE")
-        dev = torch.device(name) if name else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return dev, (torch.float32 if dev.type == "cpu" else torch.bfloat16)
-    dev = select_device()
-    return dev, select_dtype(dev)
+DEVICE = select_device()
+DTYPE = select_dtype(DEVICE)
 
-
-DEVICE, DTYPE = _device_and_dtype()
-
-
-def _sync():
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize(DEVICE)
-    elif DEVICE.type == "npu":
-        torch.npu.synchronize(DEVICE)  # type: ignore[attr-defined]
 
 
 def _inputs(T):
@@ -62,21 +46,15 @@ def _inputs(T):
     return hidden, weight
 
 
-def _skip_unavailable(backend):
-    if backend == "triton" and not (DEVICE.type != "cpu" and _device.triton_usable(DEVICE)):
-        pytest.skip("triton: needs a CUDA/NPU device (the CPU interpreter is no fast path)")
-
 
 def _label(benchmark, op, T, backend):
     shape = f"T={T} E={E} k={K} H={H}" + (f" bs={BLOCK_SIZE}" if "align" in op else "")
-    benchmark.group = f"{op} {shape}"
-    benchmark.extra_info.update(op=op, shape=shape, backend=backend, device=str(DEVICE),
-                                dtype=str(DTYPE).replace("torch.", ""))
+    label(benchmark, op=op, shape=shape, backend=backend, device=DEVICE, dtype=DTYPE)
 
 
 def _run(benchmark, fn, T):
     fn()
-    _sync()
+    synchronize(DEVICE)
     rounds = 5 if (DEVICE.type == "cpu" and T >= 512) else 50
     benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1)
 
@@ -93,7 +71,7 @@ def _hf_router(weight):
 @pytest.mark.parametrize("backend", ROUTE_BACKENDS)
 @pytest.mark.parametrize("T", TOKENS)
 def test_moe_route(benchmark, backend, T):
-    _skip_unavailable(backend)
+    skip_unavailable(backend, DEVICE)
     _label(benchmark, "moe_route", T, backend)
     hidden, weight = _inputs(T)
     if backend == "hf_router":
@@ -117,7 +95,7 @@ def _reference_bookkeeping(ids):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("T", TOKENS)
 def test_moe_route_align(benchmark, backend, T):
-    _skip_unavailable(backend)
+    skip_unavailable(backend, DEVICE)
     _label(benchmark, "moe_route+align", T, backend)
     hidden, weight = _inputs(T)
     if backend == "reference":

@@ -11,15 +11,13 @@ elsewhere.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import pytest
 import torch
 
-from interns2_fast import device as _device
 from interns2_fast import ops
-from interns2_fast.bench import select_device, select_dtype, synchronize
+from interns2_fast.bench import label, select_device, select_dtype, skip_unavailable, synchronize
 
 QUICK = os.environ.get("INTERNS2_BENCH_QUICK") == "1"
 
@@ -32,22 +30,14 @@ DEVICE = select_device()
 DTYPE = select_dtype(DEVICE)
 
 
-def _skip_unavailable(backend):
-    if backend == "triton" and not (DEVICE.type != "cpu" and _device.triton_usable(DEVICE)):
-        pytest.skip("triton: needs a CUDA/NPU device (the CPU interpreter is no fast path)")
-    if backend == "fla":
-        if DEVICE.type != "cuda" or importlib.util.find_spec("fla") is None:
-            pytest.skip("fla: needs CUDA and flash-linear-attention")
-
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("B,T", CASES, ids=[f"B{b}-T{t}" for b, t in CASES])
 def test_rms_norm_gated(benchmark, backend, B, T):
-    _skip_unavailable(backend)
+    skip_unavailable(backend, DEVICE)
     op = "rms_norm_gated"
     shape = f"B={B} T={T} rows={B * T * HV} N={N}"
-    benchmark.group = f"{op} {shape}"
-    benchmark.extra_info.update(op=op, shape=shape, backend=backend, device=str(DEVICE), dtype=str(DTYPE))
+    label(benchmark, op=op, shape=shape, backend=backend, device=DEVICE, dtype=DTYPE)
     # as the layer calls it: core_attn_out and z reshaped to [B*T*32, 128]
     x = torch.randn(B * T * HV, N, device=DEVICE).to(DTYPE)
     z = torch.randn(B * T * HV, N, device=DEVICE).to(DTYPE)
