@@ -1,8 +1,13 @@
 import os
+import pathlib
+import sys
 
 # Triton kernels run on the CPU through the interpreter in this suite. It must be set before any
 # kernel module is imported: @triton.jit picks the interpreter at decoration time.
 os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# tests/ holds shared helpers (tolerance.py) that test files import by name.
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from interns2_fast import ops
+import tolerance  # noqa: E402  (tests/tolerance.py)
 
 # The Triton interpreter converts 1-element arrays to loop indices (numpy 1.25+ warns).
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
@@ -39,14 +40,7 @@ DIMS = [32, 64, 48]  # K = V; 48 is not a power of two
 
 
 def assert_close(out, ref, dtype, what=""):
-    rms_tol, max_tol = TOL[dtype]
-    assert out.shape == ref.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
-    out, ref = out.double(), ref.double()
-    err = out - ref
-    rms = (err.pow(2).mean().sqrt() / ref.pow(2).mean().sqrt().clamp_min(1e-30)).item()
-    mx = err.abs().max().item() / max(1.0, ref.abs().max().item())
-    assert rms <= rms_tol and mx <= max_tol, f"{what}: rms {rms:.2e} (tol {rms_tol}), max {mx:.2e} (tol {max_tol})"
-
+    tolerance.assert_close(out, ref, *TOL[dtype], what, max_scale="ref_or_1")
 
 def make_inputs(B, T, Hk, Hv, K, V, dtype, *, h0=True, l2=True, N=None):
     """Gates from the model's gating formula; k (and q) unit-norm when the op does not normalise."""

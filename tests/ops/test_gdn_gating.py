@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from interns2_fast import ops
+import tolerance  # noqa: E402  (tests/tolerance.py)
 
 # triton-ascend's interpreter converts 1-element arrays to scalars the way numpy 1.25+ deprecates.
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
@@ -30,14 +31,7 @@ BACKENDS = ["torch", "triton"]
 
 
 def assert_close(out, ref, dtype, what):
-    rms_tol, max_tol = TOL[dtype]
-    assert out.shape == ref.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
-    out, ref = out.double(), ref.double()
-    err = out - ref
-    rms = (err.pow(2).mean().sqrt() / ref.pow(2).mean().sqrt().clamp_min(1e-30)).item()
-    mx = (err.abs().max() / ref.abs().max().clamp_min(1e-30)).item()
-    assert rms <= rms_tol and mx <= max_tol, f"{what}: rms {rms:.2e}, max {mx:.2e}"
-
+    tolerance.assert_close(out, ref, *TOL[dtype], what, max_scale="ref")  # max error relative to max |ref|
 
 def need(backend):
     if backend == "triton":

@@ -24,6 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from interns2_fast import ops
+import tolerance  # noqa: E402  (tests/tolerance.py)
 from interns2_fast.ops import _dispatch
 
 # triton-ascend's interpreter converts 1-element arrays to scalars the way numpy 1.25+ deprecates.
@@ -38,16 +39,7 @@ BACKENDS = ["torch", "triton"]
 
 
 def assert_close(out, ref, dtype, what=""):
-    rms_tol, max_tol = TOL[dtype]
-    assert out.shape == ref.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
-    if ref.numel() == 0:
-        return
-    out, ref = out.double(), ref.double()
-    err = out - ref
-    rms = (err.pow(2).mean().sqrt() / ref.pow(2).mean().sqrt().clamp_min(1e-30)).item()
-    mx = err.abs().max().item()
-    assert rms <= rms_tol and mx <= max_tol * max(1.0, ref.abs().max().item()), f"{what}: rms {rms:.2e}, max {mx:.2e}"
-
+    tolerance.assert_close(out, ref, *TOL[dtype], what, max_scale="ref_or_1")
 
 def need(backend):
     if backend == "triton":

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from interns2_fast import ops, reference
+import tolerance  # noqa: E402  (tests/tolerance.py)
 
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
 
@@ -33,14 +34,7 @@ BACKENDS = ["torch", pytest.param("triton", marks=pytest.mark.skipif(not _HAS_TR
 
 
 def assert_close(out, ref, tol, what=""):
-    rms_tol, max_tol = tol
-    assert out.shape == ref.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
-    out, ref = out.double(), ref.double()
-    err = out - ref
-    rms = (err.pow(2).mean().sqrt() / ref.pow(2).mean().sqrt().clamp_min(1e-30)).item()
-    mx = err.abs().max().item()
-    assert rms <= rms_tol and mx <= max_tol, f"{what}: rms {rms:.2e} (tol {rms_tol}), max {mx:.2e} (tol {max_tol})"
-
+    tolerance.assert_close(out, ref, *tol, what)  # (rms ratio, max-abs)
 
 def loop_norm(x, gate, weight, eps):
     """float64, one row at a time, with the module's roundings (normalised value to x.dtype,
