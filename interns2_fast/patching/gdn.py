@@ -246,18 +246,19 @@ def _gdn_forward(self, state, protocol, hidden_states, cache, cache_position, at
     key = key.reshape(B, T, -1, self.head_k_dim)
     value = value.reshape(B, T, -1, self.head_v_dim)
 
-    g, beta = call_op(state, "gdn", ops.gdn_gating, self.A_log, a, self.dt_bias, b)
     cu_seqlens = kwargs.pop("cu_seq_lens_q", None) if protocol == "layered" else None
     want_state = cache is not None
     if decode:
+        # One op (one Triton launch) for gating + L2 norm + the recurrent step.
         inplace = (initial_state is not None and initial_state.dtype == torch.float32
                    and initial_state.is_contiguous() and cu_seqlens is None and want_state)
         core, final_state = call_op(
-            state, "gdn", ops.fused_recurrent_gated_delta_rule, query, key, value, g, beta,
-            initial_state=initial_state, output_final_state=want_state, use_qk_l2norm_in_kernel=True,
+            state, "gdn", ops.fused_recurrent_gated_delta_rule_with_gating, query, key, value, a, b, self.A_log,
+            self.dt_bias, initial_state=initial_state, output_final_state=want_state, use_qk_l2norm_in_kernel=True,
             cu_seqlens=cu_seqlens, inplace_final_state=inplace, mutable=("initial_state",) if inplace else (),
         )
     else:
+        g, beta = call_op(state, "gdn", ops.gdn_gating, self.A_log, a, self.dt_bias, b)
         if initial_state is not None and initial_state.dtype != torch.float32:
             initial_state = initial_state.float()
         core, final_state = call_op(

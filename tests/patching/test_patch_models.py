@@ -129,7 +129,7 @@ def _triton_families():
     """Op families whose Triton backends are registered and whose kernel modules exist."""
     import importlib.util
 
-    need = {"gdn": (("chunk_gated_delta_rule", "gdn_chunk"), ("fused_recurrent_gated_delta_rule", "gdn_recurrent"),
+    need = {"gdn": (("chunk_gated_delta_rule", "gdn_chunk"), ("fused_recurrent_gated_delta_rule_with_gating", "gdn_recurrent"),
                     ("gdn_gating", "gdn_gating")),
             "conv": (("causal_conv1d_fn", "conv1d"), ("causal_conv1d_update", "conv1d")),
             "norm": (("rms_norm_gated", "norm_gated"),),

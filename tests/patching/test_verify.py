@@ -79,7 +79,7 @@ def test_verify_passes_correct_backends(model_factory, family):
         model.generate(torch.randint(0, model.config.vocab_size, (1, 6)), max_new_tokens=3, do_sample=False)
     assert report.verify and all(r.ok for r in report.verify), [r for r in report.verify if not r.ok]
     ops_seen = {r.op for r in report.verify}
-    assert {"chunk_gated_delta_rule", "fused_recurrent_gated_delta_rule", "causal_conv1d_fn",
+    assert {"chunk_gated_delta_rule", "fused_recurrent_gated_delta_rule_with_gating", "causal_conv1d_fn",
             "causal_conv1d_update", "gdn_gating", "rms_norm_gated"} <= ops_seen
     if family != "qwen3_5":
         assert {"moe_router", "moe_block"} <= ops_seen
