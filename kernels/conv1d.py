@@ -31,7 +31,7 @@ tile's last axis (Triton specialises a stride equal to 1 at launch; LOWERING_CON
 so). Initial / final states are handed to the kernel in the tile's orientation (a [B, D, W-1]
 copy when they are laid out the other way): gathers with a runtime stride along the last tile
 axis overflow the Unified Buffer at these tile sizes. Under TRITON_INTERPRET the bf16 roundings
-are done on the bits (`_round`), because the interpreter truncates fp32 -> bf16.
+are done on the bits (`rounding.round_to`), because the interpreter truncates fp32 -> bf16.
 """
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ import triton.language as tl
 from interns2_fast.device import device_guard, interpreting, persistent_grid
 
 from . import LoweringConfig
+from .rounding import round_to
 
 MAX_WIDTH = 8
 #: prefill tile: BLOCK_T x BLOCK_D (fp32 accumulator 16 KB; W shifted bf16 loads)
@@ -52,24 +53,12 @@ UPDATE_BLOCK_D = 128
 
 
 @triton.jit
-def _round(x, TY: tl.constexpr, EMULATE: tl.constexpr):
-    """fp32 -> TY -> fp32, round to nearest even. Triton's interpreter truncates fp32 -> bf16
-    (hardware rounds), so under the interpreter (EMULATE) bf16 rounding is done on the bits."""
-    if EMULATE and TY == tl.bfloat16:
-        bits = x.to(tl.int32, bitcast=True)
-        bits = bits + 0x7FFF + ((bits >> 16) & 1)
-        return ((bits >> 16) << 16).to(tl.float32, bitcast=True)
-    else:
-        return x.to(TY).to(tl.float32)
-
-
-@triton.jit
 def _via(v, TY: tl.constexpr, EMULATE: tl.constexpr):
     """A loaded value (any float dtype) as fp32 after rounding to TY (the fallback's `.to(TY)`)."""
     if v.dtype == TY:
         return v.to(tl.float32)
     else:
-        return _round(v.to(tl.float32), TY, EMULATE)
+        return round_to(v.to(tl.float32), TY, EMULATE)
 
 
 @triton.jit
@@ -145,14 +134,14 @@ def _conv1d_fwd_kernel(
                 acc += bv[None, :]
             else:
                 acc += bv[:, None]
-        acc = _round(acc, w_ty, EMULATE)
+        acc = round_to(acc, w_ty, EMULATE)
         if SILU:
-            acc = _round(acc / (1.0 + tl.exp(-acc)), w_ty, EMULATE)
+            acc = round_to(acc / (1.0 + tl.exp(-acc)), w_ty, EMULATE)
         if CHANNEL_LAST:
             oo = ar_t[:, None] * sot + ar_d[None, :] * sod
         else:
             oo = ar_t[None, :] * sot + ar_d[:, None] * sod
-        tl.store(out_ptr + b64 * sob + d064 * sod + t064 * sot + oo, _round(acc, out_ty, EMULATE).to(out_ty),
+        tl.store(out_ptr + b64 * sob + d064 * sod + t064 * sot + oo, round_to(acc, out_ty, EMULATE).to(out_ty),
                  mask=m_out)
 
         if HAS_FINAL:
@@ -216,7 +205,7 @@ def _conv1d_update_kernel(
                                  other=0.0), w_ty, EMULATE)
         new_state += _via(tl.load(x_row[:, None] + tl.cast(src - S, tl.int64) * sxt, mask=m_s & (src >= S),
                                   other=0.0), w_ty, EMULATE)
-        new_state = _round(new_state, s_ty, EMULATE).to(s_ty)
+        new_state = round_to(new_state, s_ty, EMULATE).to(s_ty)
         if HAS_BIAS:
             bv = _via(tl.load(bias_ptr + offs_d, mask=m_d, other=0.0), w_ty, EMULATE)
         for t in range(T):
@@ -231,11 +220,11 @@ def _conv1d_update_kernel(
                 acc += _via(v, w_ty, EMULATE) * wk
             if HAS_BIAS:
                 acc += bv
-            acc = _round(acc, w_ty, EMULATE)
+            acc = round_to(acc, w_ty, EMULATE)
             if SILU:
-                acc = _round(acc / (1.0 + tl.exp(-acc)), w_ty, EMULATE)
+                acc = round_to(acc / (1.0 + tl.exp(-acc)), w_ty, EMULATE)
             tl.store(out_ptr + b64 * sob + d64 * sod + tl.cast(t, tl.int64) * sot,
-                     _round(acc, out_ty, EMULATE).to(out_ty), mask=m_d)
+                     round_to(acc, out_ty, EMULATE).to(out_ty), mask=m_d)
         tl.store(s_row[:, None] + tl.cast(ar_s[None, :], tl.int64) * sss, new_state, mask=m_s)
 
 

@@ -18,22 +18,11 @@ import triton.language as tl
 from interns2_fast.device import device_guard, interpreting, persistent_grid
 
 from . import LoweringConfig
+from .rounding import round_to
 
 MAX_WIDTH = 1024
 #: elements per tile (rows x padded width): 16 rows of 128 in the model
 TILE_ELEMENTS = 2048
-
-
-@triton.jit
-def _round(x, TY: tl.constexpr, EMULATE: tl.constexpr):
-    """fp32 -> TY -> fp32, round to nearest even. Triton's interpreter truncates fp32 -> bf16
-    (hardware rounds), so under the interpreter (EMULATE) bf16 rounding is done on the bits."""
-    if EMULATE and TY == tl.bfloat16:
-        bits = x.to(tl.int32, bitcast=True)
-        bits = bits + 0x7FFF + ((bits >> 16) & 1)
-        return ((bits >> 16) << 16).to(tl.float32, bitcast=True)
-    else:
-        return x.to(TY).to(tl.float32)
 
 
 @triton.jit
@@ -55,12 +44,12 @@ def _rms_norm_gated_kernel(
         x = tl.load(x_ptr + r64[:, None] * sxm + cols[None, :], mask=m, other=0.0).to(tl.float32)
         g = tl.load(g_ptr + r64[:, None] * sgm + cols[None, :], mask=m, other=0.0).to(tl.float32)
         rstd = tl.rsqrt(tl.sum(x * x, 1) / N + eps)
-        n = _round(x * rstd[:, None], x_ty, EMULATE)
+        n = round_to(x * rstd[:, None], x_ty, EMULATE)
         y = w[None, :] * n  # exact in fp32 for bf16/fp16 operands
         if ROUND_Y:  # weight and x share a 16-bit dtype: transformers rounds the product to it
-            y = _round(y, x_ty, EMULATE)
+            y = round_to(y, x_ty, EMULATE)
         out = y * (g / (1.0 + tl.exp(-g)))
-        tl.store(out_ptr + r64[:, None] * som + cols[None, :], _round(out, x_ty, EMULATE).to(x_ty), mask=m)
+        tl.store(out_ptr + r64[:, None] * som + cols[None, :], round_to(out, x_ty, EMULATE).to(x_ty), mask=m)
 
 
 def rms_norm_gated(x, gate, weight, eps=1e-6):

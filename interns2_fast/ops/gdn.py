@@ -38,6 +38,11 @@ def _check_gdn(op, q, k, v, g, beta, initial_state, cu_seqlens):
     check_same_device(op, q=q, k=k, v=v, g=g, beta=beta, initial_state=initial_state, cu_seqlens=cu_seqlens)
 
 
+def _check_inplace(op, inplace_final_state, initial_state):
+    if inplace_final_state and (initial_state is None or not initial_state.is_contiguous()):
+        raise ValueError(f"{op}: inplace_final_state=True needs a contiguous initial_state to update")
+
+
 def chunk_gated_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -89,8 +94,7 @@ def fused_recurrent_gated_delta_rule(
     """
     op = "fused_recurrent_gated_delta_rule"
     _check_gdn(op, q, k, v, g, beta, initial_state, cu_seqlens)
-    if inplace_final_state and (initial_state is None or not initial_state.is_contiguous()):
-        raise ValueError(f"{op}: inplace_final_state=True needs a contiguous initial_state to update")
+    _check_inplace(op, inplace_final_state, initial_state)
     _, impl = resolve(op, backend, q.device)
     return impl(
         q, k, v, g, beta, scale=scale, initial_state=initial_state, output_final_state=output_final_state,
@@ -162,11 +166,10 @@ def fused_recurrent_gated_delta_rule_with_gating(
     check_tensor(op, "v", v, ndim=4)
     check_tensor(op, "a", a, ndim=3, shape=(B, T, v.shape[2]))
     _check_gating(op, A_log, a, dt_bias, b)
-    # g / beta stand-ins with the right shapes, for the shared q/k/v/state checks.
+    # g / beta stand-ins with the right shapes, for the shared q/k/v/state/device checks
+    # (_check_gating has put A_log and dt_bias on a's device).
     _check_gdn(op, q, k, v, a, b, initial_state, cu_seqlens)
-    check_same_device(op, q=q, a=a, A_log=A_log)
-    if inplace_final_state and (initial_state is None or not initial_state.is_contiguous()):
-        raise ValueError(f"{op}: inplace_final_state=True needs a contiguous initial_state to update")
+    _check_inplace(op, inplace_final_state, initial_state)
     _, impl = resolve(op, backend, q.device)
     return impl(
         q, k, v, a, b, A_log, dt_bias, scale=scale, initial_state=initial_state,
