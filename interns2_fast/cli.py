@@ -14,7 +14,7 @@ def _cmd_info(args) -> int:
 
     info = device.describe()
     if args.json:
-        info["ops"] = {op: list(ops.registered(op)) for op in ops.__all__ if op not in ("BACKENDS", "registered", "resolve")}
+        info["ops"] = {name: list(op.registered()) for name, op in ops.OPS.items()}
         print(json.dumps(info, indent=2))
         return 0
     console = Console()
