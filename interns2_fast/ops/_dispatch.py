@@ -17,7 +17,9 @@ logger = logging.getLogger("interns2_fast")
 
 #: "npu_native" wraps torch_npu's fused Ascend C operators where they exist. It cannot run on any
 #: machine this project has, so `auto` never picks it and tests never select it.
-BACKENDS = ("triton", "torch", "reference", "npu_native")
+#: "pto" runs the PTO tile-library kernels of csrc/ (CPU simulator / unverified NPU build; see
+#: interns2_fast.pto); `auto` never picks it either, until it has been measured on an NPU.
+BACKENDS = ("triton", "torch", "reference", "npu_native", "pto")
 _REGISTRY: dict[str, dict[str, Callable]] = {}
 
 

@@ -244,3 +244,10 @@ def _gdn_gating_triton(*args, **kw):
     from ..kernels import gdn_gating as impl
 
     return impl.gdn_gating(*args, **kw)
+
+
+@register("fused_recurrent_gated_delta_rule_with_gating", "pto")
+def _recurrent_with_gating_pto(*args, **kw):
+    from .. import pto  # lazy: the csrc/ extension is optional
+
+    return pto.fused_recurrent_gated_delta_rule_with_gating(*args, **kw)

@@ -38,3 +38,10 @@ def _rms_norm_gated_triton(x, gate, weight, eps=1e-6):
     from ..kernels import norm_gated as kernel  # lazily: importing interns2_fast never needs Triton
 
     return kernel.rms_norm_gated(x, gate, weight, eps)
+
+
+@register("rms_norm_gated", "pto")
+def _rms_norm_gated_pto(x, gate, weight, eps=1e-6):
+    from .. import pto  # lazy: the csrc/ extension is optional
+
+    return pto.rms_norm_gated(x, gate, weight, eps)
