@@ -163,7 +163,9 @@ def build_sim(force: bool = False, quiet: bool = False) -> dict:
     home = find_pto_isa_home()
     cxx, major = find_clang()
     output = sim_module_path()
-    digest = _digest(SIM_SOURCES, cxx, str(home), sys.version)
+    import pybind11
+
+    digest = _digest(SIM_SOURCES, cxx, str(home), sys.version, pybind11.__version__)
     previous = read_info().get("sim", {})
     if not force and output.is_file() and previous.get("digest") == digest:
         if not quiet:
