@@ -20,6 +20,8 @@ built or up to date (or, with --if-available, skipped for want of a compiler or 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -158,8 +160,40 @@ def sim_command(cxx: str, home: Path, output: Path) -> list[str]:
     ]
 
 
+@contextlib.contextmanager
+def _locked():
+    """One build at a time per build directory (pytest-xdist workers may all ask for it)."""
+    out = build_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _compile(cmd: list[str], output: Path, what: str) -> float:
+    """Run `cmd` (which writes `output`) into a temporary name, then move it in place atomically."""
+    tmp = output.with_name(output.name + f".tmp{os.getpid()}")
+    cmd = [str(tmp) if c == str(output) else c for c in cmd]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    seconds = round(time.perf_counter() - start, 1)
+    if proc.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(f"{what} failed ({' '.join(cmd)}):\n{proc.stderr[-6000:]}")
+    os.replace(tmp, output)
+    return seconds
+
+
 def build_sim(force: bool = False, quiet: bool = False) -> dict:
     """Build (or find up to date) the simulator extension; returns its build record."""
+    with _locked():
+        return _build_sim(force, quiet)
+
+
+def _build_sim(force: bool, quiet: bool) -> dict:
     home = find_pto_isa_home()
     cxx, major = find_clang()
     output = sim_module_path()
@@ -175,11 +209,7 @@ def build_sim(force: bool = False, quiet: bool = False) -> dict:
     cmd = sim_command(cxx, home, output)
     if not quiet:
         print(f"[pto] building {output} with {Path(cxx).name} (clang {major}) against {home}")
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    seconds = round(time.perf_counter() - start, 1)
-    if proc.returncode != 0:
-        raise RuntimeError(f"PTO simulator build failed ({' '.join(cmd)}):\n{proc.stderr[-6000:]}")
+    seconds = _compile(cmd, output, "PTO simulator build")
     record = {"target": "cpu-sim", "digest": digest, "compiler": cxx, "clang_major": major,
               "pto_isa_home": str(home), "seconds": seconds, "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "output": str(output)}
@@ -217,6 +247,11 @@ def npu_command(bisheng: Path, ascend: Path, pto_home: Path, output: Path) -> li
 
 
 def build_npu(force: bool = False, quiet: bool = False) -> dict:
+    with _locked():
+        return _build_npu(force, quiet)
+
+
+def _build_npu(force: bool, quiet: bool) -> dict:
     ascend, bisheng = find_bisheng()
     pto_home = find_pto_isa_home()
     output = npu_library_path()
@@ -226,11 +261,7 @@ def build_npu(force: bool = False, quiet: bool = False) -> dict:
         return previous
     output.parent.mkdir(parents=True, exist_ok=True)
     cmd = npu_command(bisheng, ascend, pto_home, output)
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    seconds = round(time.perf_counter() - start, 1)
-    if proc.returncode != 0:
-        raise RuntimeError(f"PTO NPU build failed ({' '.join(cmd)}):\n{proc.stderr[-6000:]}")
+    seconds = _compile(cmd, output, "PTO NPU build")
     record = {"target": "dav-c220-vec", "digest": digest, "compiler": str(bisheng), "pto_isa_home": str(pto_home),
               "seconds": seconds, "output": str(output), "verified_on_hardware": False}
     _write_info("npu", record)
