@@ -235,13 +235,12 @@ def find_bisheng() -> tuple[Path, Path]:
 
 
 def npu_command(bisheng: Path, ascend: Path, pto_home: Path, output: Path) -> list[str]:
-    """bisheng for the A2/A3 vector cores; the pinned PTO-ISA first on the include path (CANN 8.5's
-    copy lacks instructions these kernels use, e.g. TCOLEXPANDMUL). Unverified on hardware."""
+    """bisheng for the A2/A3 vector cores (the flags of PTO-ISA's own torch/ctypes demo), the pinned
+    PTO-ISA first on the include path (CANN 8.5's copy lacks instructions these kernels use, e.g.
+    TCOLEXPANDMUL). Unverified on hardware."""
     return [
-        str(bisheng), "-xcce", "--cce-aicore-arch=dav-c220-vec", "-O2", "-std=c++17", "-fPIC", "-shared",
-        "-DMEMORY_BASE", "-I", str(pto_home / "include"), "-I", str(ascend / "include"),
-        "-I", str(ascend / "include" / "experiment" / "runtime"), "-I", str(ascend / "include" / "experiment" / "msprof"),
-        "-L", str(ascend / "lib64"), "-lruntime", "-lascendcl",
+        str(bisheng), "-fPIC", "-shared", "-xcce", "--cce-aicore-arch=dav-c220-vec", "-O2", "-std=c++17",
+        "-I", str(pto_home / "include"), "-I", str(ascend / "include"),
         str(CSRC / "npu_kernels.cpp"), "-o", str(output),
     ]
 

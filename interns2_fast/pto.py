@@ -124,11 +124,12 @@ def _device_kind(op: str, t: torch.Tensor) -> str:
     raise NotImplementedError(f"{op}[pto]: runs on CPU tensors (simulator) or NPU tensors, got {t.device}")
 
 
-def _npu_stream_and_cores(t: torch.Tensor) -> tuple[int, int]:
+def _npu_stream_and_cores(t: torch.Tensor):
+    """(aclrtStream of torch_npu's current stream as a ctypes parameter, vector-core count)."""
     from . import device as _device
 
-    stream = torch.npu.current_stream(t.device).npu_stream  # type: ignore[attr-defined]
-    return int(stream), _device.vector_cores(t.device)
+    stream = torch.npu.current_stream(t.device)._as_parameter_  # type: ignore[attr-defined]
+    return stream, _device.vector_cores(t.device)
 
 
 #: Virtual vector cores the simulator runs the kernel body over (Ascend910_9362 has 40).
