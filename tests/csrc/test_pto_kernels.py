@@ -34,7 +34,7 @@ def close(out, ref, tol, what):
     tolerance.assert_close(out, ref, *tol, what, max_scale="ref_or_1")
 
 
-def decode_inputs(B, *, l2=True, h0=True):
+def decode_inputs(B, *, l2=True, h0=True, Hk=Hk, Hv=Hv):
     q, k = torch.randn(B, 1, Hk, K), torch.randn(B, 1, Hk, K)
     if not l2:
         q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
@@ -55,7 +55,7 @@ def decode_f64(x, l2):
     """float64, one (sequence, value head) at a time; gating with torch's thresholded softplus."""
     q, k, v, a, b = (x[n][:, 0].double() for n in ("q", "k", "v", "a", "b"))
     A_log, dt_bias = x["A_log"].double(), x["dt_bias"].double()
-    B = q.shape[0]
+    B, Hk, Hv = q.shape[0], q.shape[1], v.shape[1]
     S = torch.zeros(B, Hv, K, V, dtype=torch.float64) if x["initial_state"] is None else x["initial_state"].double().clone()
     o = torch.zeros(B, 1, Hv, V, dtype=torch.float64)
     for bi in range(B):
@@ -91,6 +91,20 @@ def test_decode_matches_reference_and_float64(pto_sim, B, l2, h0):
     close(s, s_64, DECODE_TOL, "state vs float64")
     if h_before is not None:  # not in place: the caller's state is untouched
         assert torch.equal(x["initial_state"], h_before)
+
+
+@pytest.mark.parametrize("Hk_, Hv_", [(2, 6), (1, 64), (4, 4)], ids=["G3", "G64-HVMAX", "G1"])
+def test_decode_other_head_groupings(pto_sim, Hk_, Hv_):
+    """GVA with other group sizes (value head h reads key head h // (Hv / Hk)), up to the 64 heads the
+    kernel's gating rows hold; rows of a / b that are not 32-byte multiples."""
+    x = decode_inputs(2, Hk=Hk_, Hv=Hv_)
+    o, s = decode("pto", x, output_final_state=True, use_qk_l2norm_in_kernel=True)
+    o_ref, s_ref = decode("reference", x, output_final_state=True, use_qk_l2norm_in_kernel=True)
+    o_64, s_64 = decode_f64(x, True)
+    close(o, o_ref, DECODE_TOL, "o vs reference")
+    close(s, s_ref, DECODE_TOL, "state vs reference")
+    close(o, o_64, DECODE_TOL, "o vs float64")
+    close(s, s_64, DECODE_TOL, "state vs float64")
 
 
 @pytest.mark.parametrize("B", [1, 3])
@@ -161,6 +175,8 @@ def test_unsupported_inputs_raise_clear_errors(pto_sim):
            for n, t in x.items()}
     with pytest.raises(NotImplementedError, match=r"T == 1"):
         decode("pto", two)
+    with pytest.raises(NotImplementedError, match=r"at most 64 value heads"):
+        decode("pto", decode_inputs(1, Hk=1, Hv=72))
     with pytest.raises(NotImplementedError, match=r"N = 128"):
         ops.rms_norm_gated(torch.randn(4, 64), torch.randn(4, 64), torch.ones(64), backend="pto")
 
