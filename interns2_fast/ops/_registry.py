@@ -69,10 +69,18 @@ def _npu_on(dev: torch.device) -> tuple[bool, str]:
     return False, f"needs torch_npu and an Ascend NPU tensor, got a {dev.type} tensor"
 
 
+def _pto_on(dev: torch.device) -> tuple[bool, str]:
+    from .. import pto
+
+    why = pto.device_problem(dev)
+    return OK if why is None else (False, why)
+
+
 #: Can a backend run on this device at all? (backends not listed: any device)
 BACKEND_DEVICE_CHECKS: dict[str, Callable[[torch.device], tuple[bool, str]]] = {
     "triton": _triton_on,
     "npu_native": _npu_on,
+    "pto": _pto_on,
 }
 
 #: What `Op.backward` may say: "reference" = a grad-requiring call runs the differentiable reference.

@@ -248,3 +248,19 @@ def _with_gating_triton(**kw):
     from ..kernels import gdn_recurrent
 
     return gdn_recurrent.fused_recurrent_gated_delta_rule_with_gating(**kw)
+
+
+# --- PTO (csrc/, CPU simulator; NPU build unverified; never chosen by auto) -------------------------
+
+def _pto_decode(device, q, k, v, a, b, A_log, dt_bias, cu_seqlens, **_):
+    from .. import pto
+
+    why = pto.decode_problem(q, v, cu_seqlens, k=k, a=a, b=b, A_log=A_log, dt_bias=dt_bias)
+    return OK if why is None else (False, why)
+
+
+@fused_recurrent_gated_delta_rule_with_gating.register("pto", supports=_pto_decode)
+def _with_gating_pto(**kw):
+    from .. import pto  # lazy: the csrc/ extension is optional
+
+    return pto.fused_recurrent_gated_delta_rule_with_gating(**kw)
