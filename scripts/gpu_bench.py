@@ -43,8 +43,9 @@ interpreter (TRITON_INTERPRET=1): the plumbing of the run, tested by tests/test_
 Environment: OUT (default .benchmarks/gpu-<stamp>), WHEELS, GPU_BENCH_RUN (work folder, default
 /tmp/interns2_gpu_run, kept while the machine is warm), GPU_BENCH_CAPS, GPU_BENCH_QUICK=1 (the quick
 case lists), GPU_BENCH_TESTS (test paths, default tests/ops), GPU_BENCH_TEST_WORKERS (pytest-xdist
-workers for the tests stage on CUDA, default 4; 0 = no xdist), GPU_BENCH_OPS_ARGS / GPU_BENCH_E2E_ARGS
-(extra pytest arguments), GPU_BENCH_COUNTS_ARGS.
+workers for the tests stage on CUDA, default 4; 0 = no xdist), GPU_BENCH_OPS_PATHS (benchmark files of
+the ops stage, default benchmarks/ops), GPU_BENCH_OPS_ARGS / GPU_BENCH_E2E_ARGS (extra pytest
+arguments), GPU_BENCH_COUNTS_ARGS.
 
 Only the standard library is imported here (packaging, if importable, for requirement checks):
 the driver runs before anything is installed.
@@ -425,6 +426,8 @@ class Run:
     # -- stage dispatch
     def run_stage(self, stage: str) -> StageResult:
         r = self.results[stage] = StageResult(stage, cap=self.caps[stage])
+        if stage != "setup":  # an earlier command's files on a warm machine must not pass for this one's
+            shutil.rmtree(self.dir / stage, ignore_errors=True)
         (self.dir / stage).mkdir(parents=True, exist_ok=True)
         timeout, skip = self.stage_timeout(stage)
         blocked = self.blocked(stage)
@@ -658,22 +661,28 @@ print("ENV-JSON " + json.dumps(info))
                   extra_env: dict, extra_args) -> None:
         bench = load_bench_module()
         d = self.dir / folder
-        json_path = d / "benchmarks.json"
+        json_path, partial = d / "benchmarks.json", d / "benchmarks-partial.json"
         cmd = bench.pytest_command(suite_paths, json_path, quick=self.quick or self.dry_run, extra_args=extra_args)
         cmd[0] = self.py
-        env = self.env(alternatives=alternatives, interpret=False)
-        env.update(extra_env)
+        cmd += ["-p", "partial_json"]  # benchmarks/partial_json.py: the JSON after every finished case
+        env = self.env(alternatives=alternatives, interpret=False, benchmarks_on_path=True)
+        env.update(extra_env, INTERNS2_BENCH_PARTIAL_JSON=str(partial))
         rc, to, secs = run_command(cmd, env=env, cwd=ROOT, log_path=d / "pytest.log", timeout=timeout)
         text = (d / "pytest.log").read_text(errors="replace")
         for reason in skip_reasons(text):
             r.notes.append(f"benchmark cases skipped: {reason}")
+        if not json_path.is_file() and partial.is_file():
+            shutil.copy(partial, json_path)
+            r.notes.append("pytest-benchmark wrote no final JSON (interrupted): the cases finished before the "
+                           "interruption are reported (benchmarks/partial_json.py)")
+        partial.unlink(missing_ok=True)
         rows = bench.make_rows(bench.load_benchmarks([json_path])) if json_path.is_file() else []
         parts = []
         if rows:
             parts.append(bench.markdown_table(rows))
             bench.plot_speedup(rows, d / "speedup.png", title=f"interns2_fast {folder} — {self.env_info.get('gpu') or 'CPU'}")
         elif to:
-            r.notes.append("no benchmark JSON: the stage was interrupted before pytest-benchmark wrote it")
+            r.notes.append("no benchmark finished before the stage's time ran out")
         (d / "results.md").write_text("\n\n".join(parts) + "\n" if parts else "no benchmark measured\n")
         r.summary = f"{len(rows)} benchmark row(s)"
         self.finish_subprocess(r, 0 if rc == 5 else rc, to, secs, "pytest-benchmark")
@@ -682,11 +691,12 @@ print("ENV-JSON " + json.dumps(info))
         extra = shlex.split(os.environ.get("GPU_BENCH_OPS_ARGS", ""))
         if self.dry_run:
             extra = extra or ["-k", "B32-T1"]
-            paths = [ROOT / "benchmarks/ops/bench_norm_gated.py"]
+            paths = ["benchmarks/ops/bench_norm_gated.py"]
         else:
-            paths = [ROOT / "benchmarks/ops"]
+            paths = ["benchmarks/ops"]
             extra = ["--benchmark-max-time=0.25", "--benchmark-min-rounds=5", "--benchmark-warmup=on",
                      "--benchmark-warmup-iterations=2"] + extra
+        paths = [ROOT / p for p in shlex.split(os.environ.get("GPU_BENCH_OPS_PATHS", "")) or paths]
         self.run_bench(r, timeout, folder="ops", suite_paths=paths, alternatives=True, extra_env={}, extra_args=extra)
 
     def _e2e_env(self) -> dict:
