@@ -88,6 +88,8 @@ RESERVE = 25
 GRACE = 12
 #: Files that come back from a device command (summary.md, status.json, benchmarks.json + archives).
 MAX_OUT_FILES = 8
+#: Largest file that comes back.
+MAX_FILE_BYTES = 15 << 20
 #: Device-time budget of a session and an estimate of a machine's start, for the plan check.
 SESSION_SECONDS = 15 * 60
 MACHINE_START_SECONDS = 120
@@ -400,7 +402,7 @@ class Run:
             lines.append(f"| {r.stage} | {r.status} | {r.seconds:.0f} | {r.cap} | {r.summary} |")
         notes = [(r.stage, n) for r in self.results.values() for n in r.notes]
         if notes:
-            lines += ["", "## Skipped, and why", ""]
+            lines += ["", "## Notes: what was skipped, and why", ""]
             lines += [f"- **{stage}**: {n}" for stage, n in notes]
         for stage in ("tests", "ops", "e2e", "e2e-fla", "counts"):
             part = self.dir / stage / "results.md"
@@ -416,6 +418,13 @@ class Run:
         name = f"{stage}.tar.gz"
         with tarfile.open(self.out / name, "w:gz") as tar:
             tar.add(folder, arcname=stage)
+        if (self.out / name).stat().st_size > MAX_FILE_BYTES:  # would not come back: keep the small files
+            self.results[stage].notes.append(f"{name} was over {MAX_FILE_BYTES >> 20} MiB: only its tables, "
+                                             "JSON and the driver log are packed")
+            with tarfile.open(self.out / name, "w:gz") as tar:
+                for f in sorted(folder.iterdir()):
+                    if f.suffix in (".md", ".json") or f.name == "gpu_bench.log":
+                        tar.add(f, arcname=f"{stage}/{f.name}")
         self.results[stage].archive = name
         jsons = [self.dir / s / "benchmarks.json" for s in self.results if (self.dir / s / "benchmarks.json").is_file()]
         if jsons:
@@ -676,6 +685,8 @@ print("ENV-JSON " + json.dumps(info))
             r.notes.append("pytest-benchmark wrote no final JSON (interrupted): the cases finished before the "
                            "interruption are reported (benchmarks/partial_json.py)")
         partial.unlink(missing_ok=True)
+        if json_path.is_file():  # per-round timings of µs-scale GPU cases can reach tens of MB: statistics only
+            bench.merge_benchmark_json([json_path], json_path)
         rows = bench.make_rows(bench.load_benchmarks([json_path])) if json_path.is_file() else []
         parts = []
         if rows:
