@@ -319,3 +319,19 @@ def test_carried_wheels_that_break_an_import_are_dropped(tmp_path):
     assert broken and "i2f_fake_broken" in broken[0] and "built for another ABI" in broken[0]
     assert status["env"]["wheels_installed"] == []
     assert not (tmp_path / "run" / "site" / "i2f_fake_broken.py").exists()
+
+
+def test_without_cuda_the_gpu_stages_skip_with_the_reason(tmp_path):
+    # a real (not dry) run on this CPU-only machine: what a GPU machine whose CUDA is broken would see
+    proc, status = _script(["part1"], out=tmp_path / "out", run_dir=tmp_path / "run", wheels=tmp_path / "none")
+    assert status is not None, proc.stdout + proc.stderr
+    st = status["stages"]
+    assert st["setup"]["status"] == "ok" and status["env"]["cuda_available"] is False
+    assert any("torch sees no CUDA device" in n for n in st["setup"]["notes"])
+    assert any("no wheel folder" in n for n in st["setup"]["notes"])
+    for stage in ("tests", "ops"):
+        assert st[stage]["status"] == "skipped"
+        assert st[stage]["notes"] == ["no CUDA device (torch.cuda.is_available() is False on this machine)"]
+    assert proc.returncode == 0  # skipping is not failing; the summary says why
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ops.tar.gz", "setup.tar.gz", "status.json",
+                                                                    "summary.md", "tests.tar.gz"]
