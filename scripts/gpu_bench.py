@@ -537,10 +537,11 @@ class Run:
                 installed += group
         self.assemble_package()
         # the import probe: carried base wheels must not break what every stage imports
-        probe_mods = sorted({m for w in base if w in installed for m in w.top_level} | set(ESSENTIAL_IMPORTS))
-        ok, err = self.probe(probe_mods, alternatives=False, log=d / "probe.log",
-                             timeout=max(5, deadline - time.monotonic() - 15))
-        if not ok and any(w in installed for w in base):
+        carried_base = [w for w in base if w in installed]
+        probe_mods = sorted({m for w in carried_base for m in w.top_level} | set(ESSENTIAL_IMPORTS))
+        ok, err = (self.probe(probe_mods, alternatives=False, log=d / "probe.log",
+                              timeout=max(5, deadline - time.monotonic() - 15)) if carried_base else (True, ""))
+        if not ok:
             r.notes.append(f"the carried wheels ({', '.join(w.label for w in base)}) break `import` ({err}); "
                            "dropped: the image's packages are used")
             shutil.rmtree(self.site, ignore_errors=True)

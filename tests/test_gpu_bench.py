@@ -190,6 +190,51 @@ def test_pytest_outcomes_from_plain_xdist_and_interrupted_logs():
     assert reasons == ["4 case(s): fla: needs CUDA and the fla package"]
 
 
+def test_gpu_mode_commands_environments_and_timeouts(tmp_path, monkeypatch):
+    """The commands each stage would run on the GPU machine (recorded, not run): compiled Triton on
+    CUDA, the alternatives visible where they are compared and hidden from e2e, each stage's timeout."""
+    calls = []
+
+    def fake_run(cmd, *, env, cwd, log_path, timeout):
+        calls.append(dict(cmd=[str(c) for c in cmd], env=env, timeout=timeout))
+        log_path.write_text("tests/ops/test_a.py::test_x PASSED [100%]\n")
+        return 0, False, 0.1
+
+    monkeypatch.setattr(gb, "run_command", fake_run)
+    run = gb.Run(out=tmp_path / "out", run_dir=tmp_path / "run", wheels=tmp_path / "w", budget=10_000,
+                 dry_run=False, caps=dict(gb.CAPS), quick=False)
+    run.results["setup"] = gb.StageResult("setup", status="ok")
+    run.env_info = {"interns2_fast_ok": True, "cuda_available": True, "gpu": "NVIDIA H200"}
+    for stage in ("tests", "ops", "e2e", "counts"):
+        r = run.run_stage(stage)
+        assert r.status == "ok", (stage, r)
+    by_stage = dict(zip(("tests", "ops", "e2e", "counts"), calls))
+    for stage, call in by_stage.items():
+        assert call["timeout"] == gb.CAPS[stage]
+        paths = call["env"]["PYTHONPATH"].split(os.pathsep)
+        assert paths[0] == str(run.pkg) and str(run.site) in paths
+        assert (str(run.alt) in paths) == (stage in ("tests", "ops")), stage  # e2e / counts: the pure fallback
+        assert call["env"]["PYTHONSAFEPATH"] == "1" and call["env"]["INTERNS2_BENCH_DEVICE"] == "cuda"
+        assert call["env"]["INTERNS2_BENCH_DTYPE"] == "bfloat16" and "INTERNS2_BENCH_QUICK" not in call["env"]
+    tests = by_stage["tests"]
+    assert tests["env"]["TRITON_INTERPRET"] == "0" and "-p" in tests["cmd"] and "cuda_default_device" in tests["cmd"]
+    assert "tests/ops" in tests["cmd"]
+    for stage in ("ops", "e2e", "counts"):
+        assert "TRITON_INTERPRET" not in by_stage[stage]["env"]  # compiled kernels, never the interpreter
+    ops = by_stage["ops"]
+    assert str(gb.ROOT / "benchmarks/ops") in ops["cmd"] and "--benchmark-only" in ops["cmd"]
+    assert "partial_json" in ops["cmd"] and ops["env"]["INTERNS2_BENCH_PARTIAL_JSON"].endswith("benchmarks-partial.json")
+    e2e = by_stage["e2e"]["env"]
+    assert e2e["INTERNS2_BENCH_PREFILL_T"] == "512,2048,8192" and "INTERNS2_BENCH_E2E_MODEL" not in e2e
+    counts = by_stage["counts"]["cmd"]
+    assert counts[1].endswith("benchmarks/counts.py")
+    assert counts[counts.index("--model") + 1] == "full" and counts[counts.index("--device") + 1] == "cuda"
+    assert counts[counts.index("--dtype") + 1] == "bfloat16"
+    # what the run would bring back so far
+    assert {"tests.tar.gz", "ops.tar.gz", "e2e.tar.gz", "counts.tar.gz", "summary.md", "status.json"} <= {
+        f.name for f in (tmp_path / "out").iterdir()}
+
+
 # --- dry runs of the script (subprocesses) ------------------------------------------------------------
 
 def _script(args, *, out, run_dir, wheels, extra_env=None, timeout=600):
@@ -230,7 +275,7 @@ def test_dry_run_every_stage_ran_and_wrote_its_files(dry_run):
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(["summary.md", "status.json", "benchmarks.json", "setup.tar.gz", "tests.tar.gz",
                             "ops.tar.gz", "e2e.tar.gz", "counts.tar.gz"])  # the 8 files a device command returns
-    expect = {"setup": {"setup/env.json", "setup/probe.log", "setup/info.txt", "setup/pip.log"},
+    expect = {"setup": {"setup/env.json", "setup/probe.log", "setup/info.txt", "setup/pip.log"},  # a wheel was carried
               "tests": {"tests/pytest.log", "tests/junit.xml", "tests/results.md"},
               "ops": {"ops/benchmarks.json", "ops/pytest.log", "ops/results.md", "ops/speedup.png"},
               "e2e": {"e2e/benchmarks.json", "e2e/pytest.log", "e2e/results.md"},
