@@ -356,6 +356,7 @@ def test_interrupted_stage_keeps_its_finished_cases_and_later_stages_skip_for_bu
 def test_carried_wheels_that_break_an_import_are_dropped(tmp_path):
     wheels = tmp_path / "wheels"
     make_wheel(wheels, "i2f-fake-broken", "1.0", module_source="raise ImportError('built for another ABI')\n")
+    make_wheel(wheels, "fla-core", "0.0.1", module="fla", module_source="raise ImportError('fla needs triton>=3.3')\n")
     proc, status = _script(["--dry-run", "setup"], out=tmp_path / "out", run_dir=tmp_path / "run", wheels=wheels)
     assert status is not None, proc.stdout + proc.stderr
     setup = status["stages"]["setup"]
@@ -364,6 +365,10 @@ def test_carried_wheels_that_break_an_import_are_dropped(tmp_path):
     assert broken and "i2f_fake_broken" in broken[0] and "built for another ABI" in broken[0]
     assert status["env"]["wheels_installed"] == []
     assert not (tmp_path / "run" / "site" / "i2f_fake_broken.py").exists()
+    # a public alternative that does not import is removed, so that its benchmarks skip instead of failing
+    alt = [n for n in setup["notes"] if n.startswith("the carried alternatives (fla-core 0.0.1) do not import")]
+    assert alt and "fla needs triton>=3.3" in alt[0]
+    assert not any((tmp_path / "run" / "alt").iterdir())
 
 
 def test_without_cuda_the_gpu_stages_skip_with_the_reason(tmp_path):
