@@ -66,9 +66,24 @@ def one_line_errors(parser):
     return parser
 
 
-#: Tokenizer files AutoTokenizer can load from a local folder (any one is enough to try).
+#: Tokenizer files AutoTokenizer loads from a local folder (named in the error for a folder without any).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
                    "merges.txt", "spiece.model", "sentencepiece.bpe.model", "tokenizer.tiktoken")
+
+
+def _may_hold_a_tokenizer(path: str) -> bool:
+    """False only for a folder with no file that looks like a tokenizer's (and no remote-code tokenizer
+    in its config.json): then AutoTokenizer's own error is a misleading one (e.g. about protobuf)."""
+    import json
+
+    names = os.listdir(path)
+    if any(("token" in n or "vocab" in n or "merges" in n or n.endswith((".model", ".tiktoken"))) for n in names):
+        return True
+    try:
+        with open(os.path.join(path, "config.json")) as f:
+            return "AutoTokenizer" in (json.load(f).get("auto_map") or {})
+    except (OSError, ValueError, AttributeError):
+        return True  # let AutoTokenizer decide
 
 
 def check_attn_implementation(name: str | None) -> None:
@@ -209,7 +224,7 @@ def _check_path(path: str) -> None:
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
-    if os.path.isdir(path) and not any(os.path.exists(os.path.join(path, f)) for f in TOKENIZER_FILES):
+    if os.path.isdir(path) and not _may_hold_a_tokenizer(path):
         raise UserError(f"no usable tokenizer in {path}: it has none of {', '.join(TOKENIZER_FILES[:4])} (copy the model's "
                         "tokenizer files into the folder).")
     try:

@@ -203,3 +203,15 @@ def test_bad_argument_from_the_shell_has_no_traceback():
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("interns2-fast check: argument --top-k: expects a positive integer, got -3. "
                                    "See interns2-fast check --help.")
+
+
+def test_tokenizer_precheck_leaves_custom_tokenizers_to_transformers(tmp_path):
+    from interns2_fast.usercmds import _may_hold_a_tokenizer
+
+    bare = _write_config(tmp_path / "bare", {"model_type": "qwen3_5_moe_text"})
+    assert not _may_hold_a_tokenizer(str(bare))
+    remote = _write_config(tmp_path / "remote", {"auto_map": {"AutoTokenizer": ["tokenization_x.XTokenizer", None]}})
+    assert _may_hold_a_tokenizer(str(remote))  # remote-code tokenizer: AutoTokenizer decides
+    custom = _write_config(tmp_path / "custom", {})
+    (custom / "qwen.tiktoken").write_text("")
+    assert _may_hold_a_tokenizer(str(custom))
