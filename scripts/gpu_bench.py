@@ -414,7 +414,8 @@ class Run:
         """$OUT/<stage>.tar.gz (the stage's folder + the driver log) and the merged benchmarks.json."""
         folder = self.dir / stage
         folder.mkdir(exist_ok=True)
-        shutil.copy(self.dir / "gpu_bench.log", folder / "gpu_bench.log")
+        if (self.dir / "gpu_bench.log").exists():
+            shutil.copy(self.dir / "gpu_bench.log", folder / "gpu_bench.log")
         name = f"{stage}.tar.gz"
         with tarfile.open(self.out / name, "w:gz") as tar:
             tar.add(folder, arcname=stage)
