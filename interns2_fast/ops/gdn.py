@@ -12,7 +12,8 @@ from .. import reference
 from ..torch_impl import gdn_gating as _torch_gating
 from ..torch_impl import gdn_recurrent as _torch_recurrent
 from ._dispatch import register, resolve
-from ._validate import FLOAT_DTYPES, check_same_device, check_tensor
+from . import _empty
+from ._validate import FLOAT_DTYPES, check_cu_seqlens, check_positive_dims, check_same_device, check_tensor
 
 
 def _check_gdn(op, q, k, v, g, beta, initial_state, cu_seqlens):
@@ -21,6 +22,7 @@ def _check_gdn(op, q, k, v, g, beta, initial_state, cu_seqlens):
     check_tensor(op, "k", k, ndim=4, dtypes=(q.dtype,), shape=(B, T, Hk, K))
     check_tensor(op, "v", v, ndim=4, dtypes=(q.dtype,), shape=(B, T, None, None))
     Hv, V = v.shape[2], v.shape[3]
+    check_positive_dims(op, Hk=Hk, K=K, Hv=Hv, V=V)
     if Hv % Hk != 0:
         raise ValueError(f"{op}: value heads ({Hv}) must be a multiple of key heads ({Hk})")
     check_tensor(op, "g", g, ndim=3, dtypes=FLOAT_DTYPES, shape=(B, T, Hv))
@@ -33,6 +35,7 @@ def _check_gdn(op, q, k, v, g, beta, initial_state, cu_seqlens):
         if cu_seqlens.numel() < 2:
             raise ValueError(f"{op}: cu_seqlens must hold N+1 >= 2 offsets, got {cu_seqlens.numel()}")
         N = cu_seqlens.numel() - 1
+        check_cu_seqlens(op, cu_seqlens, T)
     if initial_state is not None:
         check_tensor(op, "initial_state", initial_state, ndim=4, dtypes=(torch.float32,), shape=(N, Hv, K, V))
     check_same_device(op, q=q, k=k, v=v, g=g, beta=beta, initial_state=initial_state, cu_seqlens=cu_seqlens)
@@ -65,6 +68,8 @@ def chunk_gated_delta_rule(
     """
     op = "chunk_gated_delta_rule"
     _check_gdn(op, q, k, v, g, beta, initial_state, cu_seqlens)
+    if q.shape[0] * q.shape[1] == 0:
+        return _empty.gdn(q, v, initial_state, cu_seqlens, output_final_state)
     _, impl = resolve(op, backend, q.device)
     return impl(
         q, k, v, g, beta, scale=scale, initial_state=initial_state, output_final_state=output_final_state,
@@ -95,6 +100,8 @@ def fused_recurrent_gated_delta_rule(
     op = "fused_recurrent_gated_delta_rule"
     _check_gdn(op, q, k, v, g, beta, initial_state, cu_seqlens)
     _check_inplace(op, inplace_final_state, initial_state)
+    if q.shape[0] * q.shape[1] == 0:
+        return _empty.gdn(q, v, initial_state, cu_seqlens, output_final_state, inplace_final_state)
     _, impl = resolve(op, backend, q.device)
     return impl(
         q, k, v, g, beta, scale=scale, initial_state=initial_state, output_final_state=output_final_state,
@@ -122,18 +129,23 @@ def gdn_gating(
     _check_gating(op, A_log, a, dt_bias, b)
     if head_major and a.dim() != 3:
         raise ValueError(f"{op}: head_major=True needs a and b of shape [B, T, Hv], got {list(a.shape)}")
+    if a.numel() == 0:
+        return _empty.gating(a, b, head_major)
     _, impl = resolve(op, backend, a.device)
     return impl(A_log, a, dt_bias, b, head_major=head_major)
 
 
 def _check_gating(op, A_log, a, dt_bias, b):
-    check_tensor(op, "A_log", A_log, ndim=1)
-    Hv = A_log.shape[0]
-    check_tensor(op, "dt_bias", dt_bias, shape=(Hv,))
+    # The head count comes from a (the projection output); A_log and dt_bias are each checked
+    # against it, so a wrong-length parameter is reported under its own name.
     check_tensor(op, "a", a)
+    if a.dim() < 1:
+        raise ValueError(f"{op}: a and b must end in the head axis, got a of shape {list(a.shape)}")
+    Hv = a.shape[-1]
+    check_positive_dims(op, Hv=Hv)
     check_tensor(op, "b", b, shape=tuple(a.shape))
-    if a.dim() < 1 or a.shape[-1] != Hv:
-        raise ValueError(f"{op}: a and b must end in the head axis of size {Hv}, got {list(a.shape)}")
+    check_tensor(op, "A_log", A_log, ndim=1, shape=(Hv,))
+    check_tensor(op, "dt_bias", dt_bias, ndim=1, shape=(Hv,))
     check_same_device(op, A_log=A_log, a=a, dt_bias=dt_bias, b=b)
 
 
@@ -170,6 +182,8 @@ def fused_recurrent_gated_delta_rule_with_gating(
     # (_check_gating has put A_log and dt_bias on a's device).
     _check_gdn(op, q, k, v, a, b, initial_state, cu_seqlens)
     _check_inplace(op, inplace_final_state, initial_state)
+    if q.shape[0] * q.shape[1] == 0:
+        return _empty.gdn(q, v, initial_state, cu_seqlens, output_final_state, inplace_final_state)
     _, impl = resolve(op, backend, q.device)
     return impl(
         q, k, v, a, b, A_log, dt_bias, scale=scale, initial_state=initial_state,

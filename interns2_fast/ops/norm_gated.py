@@ -6,7 +6,8 @@ import torch
 from .. import reference
 from ..torch_impl import norm_gated as torch_norm_gated
 from ._dispatch import register, resolve
-from ._validate import check_same_device, check_tensor
+from . import _empty
+from ._validate import check_positive_dims, check_same_device, check_tensor
 
 
 def rms_norm_gated(
@@ -24,7 +25,10 @@ def rms_norm_gated(
     N = x.shape[-1]
     check_tensor(op, "gate", gate, shape=tuple(x.shape))
     check_tensor(op, "weight", weight, ndim=1, shape=(N,))
+    check_positive_dims(op, N=N)
     check_same_device(op, x=x, gate=gate, weight=weight)
+    if x.numel() == 0:
+        return _empty.like(x)
     _, impl = resolve(op, backend, x.device)
     return impl(x, gate, weight, eps)
 
