@@ -208,7 +208,7 @@ def test_triton_gemms_skip_blocks_past_num_rows():
     inter = torch.full((max_rows, I), float("nan"))
     n_tasks = (max_rows // bm) * (I // min(km.GU_BLOCK_N, I))
     km._gate_up_kernel[(_device.persistent_grid(hidden.device, n_tasks, cube=True),)](
-        hidden, gu, inter, plan.sorted_slots, plan.block_expert, plan.num_rows, T * k, n_tasks,
+        hidden, gu, inter, plan.sorted_slots, plan.block_expert, plan.num_rows, T * k, n_tasks, E,
         H=H, I=I, K_TOP=k, BLOCK_M=bm, BLOCK_N=min(km.GU_BLOCK_N, I), BLOCK_K=min(km.GU_BLOCK_K, H), DOT_FP32=True)
     assert torch.isfinite(inter[:used]).all() and torch.isnan(inter[used:]).all()
     # padding rows inside a group are computed from zero input: exactly zero

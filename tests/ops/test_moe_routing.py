@@ -361,7 +361,7 @@ def test_align_bad_inputs():
         moe_align(ids, 0, 16)
     with pytest.raises(ValueError, match="moe_align"):
         moe_align(ids, 8, 0)
-    with pytest.raises(ValueError, match="moe_align"):
+    with pytest.raises(TypeError, match="moe_align: block_size must be an integer"):
         moe_align(ids, 8, 16.0)
 
 
