@@ -88,11 +88,15 @@ def call_op(state: ModuleState, family: str, fn, *args, mutable=(), **kwargs):
     state.verified.add(name)
     r_args, r_kwargs, clones = _clone_mutable(args, kwargs, mutable)
     reference = fn(*r_args, backend="reference", **r_kwargs)
-    patched = fn(*args, backend=backend, **kwargs)
+    error = None
+    try:
+        patched = fn(*args, backend=backend, **kwargs)
+    except Exception as exc:  # a backend that raises is a verify failure like a wrong value
+        patched, error = None, exc
     originals = {k: (args[k] if isinstance(k, int) else kwargs[k]) for k in clones}
     got = [patched, *originals.values()]
     want = [reference, *clones.values()]
-    if verify_outputs(state, name, got, want, dtype=input_dtype(args, kwargs)):
+    if verify_outputs(state, name, got, want, dtype=input_dtype(args, kwargs), error=error):
         return patched
     for key, clone in clones.items():
         originals[key].copy_(clone)
