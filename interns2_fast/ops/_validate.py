@@ -68,7 +68,8 @@ def check_positive_dims(op: str, **dims: int) -> None:
     bad = {k: v for k, v in dims.items() if v < 1}
     if bad:
         listing = ", ".join(f"{k}={v}" for k, v in bad.items())
-        raise ValueError(f"{op}: {', '.join(dims)} must all be >= 1, got {listing}")
+        what = f"{', '.join(dims)} must all be" if len(dims) > 1 else f"{next(iter(dims))} must be"
+        raise ValueError(f"{op}: {what} >= 1 (an empty feature axis has no result), got {listing}")
 
 
 def check_cu_seqlens_values(op: str, bounds: Sequence[int], total: int) -> None:
