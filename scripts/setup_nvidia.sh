@@ -4,14 +4,16 @@
 #   INTERNS2_NVIDIA_TRITON  the triton requirement (default "triton==3.9.0")
 #   INTERNS2_NVIDIA_VENV    where the environment goes (default .venv-nvidia at the repo root)
 # triton and triton-ascend both install the module `triton`: never put them in one environment.
-# torch is the CPU wheel, which has no triton dependency; numpy: triton 3.6's interpreter fails
-# on runtime loop bounds with numpy 2 (as triton-ascend 3.2's does), so numpy<2 below 3.7.
+# torch is the CPU wheel, which has no triton dependency. numpy: triton 3.6's interpreter turns a
+# program id into a loop bound with int() of a 1-element array, which numpy 2 refuses ("only
+# 0-dimensional arrays can be converted to Python scalars"), as triton-ascend 3.2's does; 3.9's
+# works with numpy 2. Releases before 3.9 get numpy<2 (3.7 and 3.8 were not tried with numpy 2).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TRITON_REQ="${INTERNS2_NVIDIA_TRITON:-triton==3.9.0}"
 VENV="${INTERNS2_NVIDIA_VENV:-$ROOT/.venv-nvidia}"
 case "$TRITON_REQ" in
-  triton==3.[0-6].*) NUMPY_REQ="numpy<2" ;;
+  triton==3.[0-8].*|triton==2.*) NUMPY_REQ="numpy<2" ;;
   *) NUMPY_REQ="numpy" ;;
 esac
 if [ ! -x "$VENV/bin/python" ]; then
