@@ -105,7 +105,7 @@ def moe_experts(
 def _check_ids_on_host(op, topk_ids, num_experts):
     """Expert ids in [0, E), checked where that costs no device sync (CPU tensors)."""
     if topk_ids.device.type == "cpu" and topk_ids.numel():
-        lo, hi = int(topk_ids.min()), int(topk_ids.max())
+        lo, hi = torch.stack(torch.aminmax(topk_ids)).tolist()  # host memory: a read, not a device sync
         if lo < 0 or hi >= num_experts:
             raise ValueError(f"{op}: topk_ids must lie in [0, {num_experts}), got values in [{lo}, {hi}]")
 
