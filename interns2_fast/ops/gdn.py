@@ -65,6 +65,13 @@ def chunk_gated_delta_rule(
     q, k [B,T,Hk,K]; v [B,T,Hv,V]; g (log decay), beta [B,T,Hv]; initial/final state [N,Hv,K,V]
     fp32 (N = B, or the number of sequences in `cu_seqlens`). Returns (o [B,T,Hv,V] in q's
     dtype, final state or None). `scale` defaults to K^-1/2.
+
+    `cu_seqlens` [N+1] (int32/int64, B = 1): offsets starting at 0, non-decreasing, ending at T.
+    A CPU tensor is checked here (ValueError); a device tensor is not read back by the op (no sync;
+    the chunked backends check the copy they read back to plan chunks), and the kernels clamp every
+    offset into [0, T], so a bad device tensor never makes them access memory out of bounds.
+    B or T = 0 gives empty results (final state: a copy of initial_state, or zeros); K, V, Hk or
+    Hv = 0 is a ValueError.
     """
     op = "chunk_gated_delta_rule"
     _check_gdn(op, q, k, v, g, beta, initial_state, cu_seqlens)
@@ -95,7 +102,9 @@ def fused_recurrent_gated_delta_rule(
     """Token-by-token (decode) gated delta rule; same arguments as `chunk_gated_delta_rule`.
 
     With `inplace_final_state=True` the `initial_state` tensor is updated in place and returned
-    as the final state (it must then be given, contiguous).
+    as the final state (it must then be given, contiguous). `cu_seqlens` and empty inputs: as in
+    `chunk_gated_delta_rule` (here a device cu_seqlens is never read back: the Triton kernel
+    clamps each sequence to [clamp(cu[n], 0, T), clamp(cu[n+1], that, T))).
     """
     op = "fused_recurrent_gated_delta_rule"
     _check_gdn(op, q, k, v, g, beta, initial_state, cu_seqlens)
