@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import operator
 
 import torch
 from torch import nn
@@ -88,9 +89,20 @@ def _norm_candidate(path: str, m: nn.Module) -> Candidate | None:
     return Candidate(path, m, "norm")
 
 
+def _is_count(x) -> bool:
+    """An integral number (int, numpy integer: operator.index takes it), not a bool."""
+    if isinstance(x, bool):
+        return False
+    try:
+        operator.index(x)
+    except TypeError:
+        return False
+    return True
+
+
 def is_router(m: nn.Module) -> bool:
     w = getattr(m, "weight", None)
-    return isinstance(w, torch.Tensor) and w.dim() == 2 and isinstance(getattr(m, "top_k", None), int) \
+    return isinstance(w, torch.Tensor) and w.dim() == 2 and _is_count(getattr(m, "top_k", None)) \
         and not isinstance(m, nn.Linear)
 
 
