@@ -90,5 +90,12 @@ def check_cu_seqlens(op: str, cu_seqlens: torch.Tensor, total: int) -> None:
     On a device the values are not read here (that would be a host sync per call): the contract is
     the same (start at 0, non-decreasing, end at T) and the kernels clamp every offset into [0, T],
     so a bad device tensor gives wrong results but never an out-of-bounds access."""
-    if cu_seqlens.device.type == "cpu" and not torch.compiler.is_compiling():
+    if values_in_host_memory(cu_seqlens):
         check_cu_seqlens_values(op, cu_seqlens.tolist(), total)
+
+
+def values_in_host_memory(t: torch.Tensor) -> bool:
+    """Can `t`'s values be read without a device sync? (a real CPU tensor, not while tracing)"""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return t.device.type == "cpu" and not isinstance(t, FakeTensor) and not torch.compiler.is_compiling()

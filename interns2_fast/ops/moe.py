@@ -15,12 +15,12 @@ from .. import reference
 from ..routing_plan import RoutingPlan, moe_align_max_rows
 from . import _empty
 from ._registry import OK, define
-from ._validate import check_index, check_positive_dims, check_same_device, check_tensor
+from ._validate import check_index, check_positive_dims, check_same_device, check_tensor, values_in_host_memory
 
 
 def _check_ids_on_host(op, topk_ids, num_experts):
     """Expert ids in [0, E), checked where that costs no device sync (CPU tensors, outside tracing)."""
-    if topk_ids.device.type == "cpu" and topk_ids.numel() and not torch.compiler.is_compiling():
+    if topk_ids.numel() and values_in_host_memory(topk_ids):
         lo, hi = torch.stack(torch.aminmax(topk_ids)).tolist()  # host memory: a read, not a device sync
         if lo < 0 or hi >= num_experts:
             raise ValueError(f"{op}: topk_ids must lie in [0, {num_experts}), got values in [{lo}, {hi}]")
