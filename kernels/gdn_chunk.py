@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from interns2_fast.device import device_guard, persistent_grid
-from interns2_fast.ops._validate import check_cu_seqlens_values
+from interns2_fast.cu_seqlens import check_cu_seqlens_values
 
 from . import LoweringConfig
 

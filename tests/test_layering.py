@@ -9,7 +9,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 API_LAYER = ("ops", "patching", "numerics", "usercmds", "cli", "bench", "models")
-LEAVES = ("routing_plan", "compare", "host_sync", "device")
+LEAVES = ("routing_plan", "compare", "host_sync", "cu_seqlens", "device")
 
 
 def _package_imports(path: pathlib.Path) -> set[str]:

@@ -5,6 +5,8 @@ from typing import Sequence
 
 import torch
 
+from ..cu_seqlens import check_cu_seqlens_values  # noqa: F401  (re-exported)
+
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -70,18 +72,6 @@ def check_positive_dims(op: str, **dims: int) -> None:
         listing = ", ".join(f"{k}={v}" for k, v in bad.items())
         what = f"{', '.join(dims)} must all be" if len(dims) > 1 else f"{next(iter(dims))} must be"
         raise ValueError(f"{op}: {what} >= 1 (an empty feature axis has no result), got {listing}")
-
-
-def check_cu_seqlens_values(op: str, bounds: Sequence[int], total: int) -> None:
-    """Packed-sequence offsets: bounds[0] == 0, non-decreasing, bounds[-1] == total (the token count)."""
-    if bounds[0] != 0:
-        raise ValueError(f"{op}: cu_seqlens must start at 0, got {bounds[0]}")
-    for i in range(1, len(bounds)):
-        if bounds[i] < bounds[i - 1]:
-            raise ValueError(f"{op}: cu_seqlens must be non-decreasing, got {bounds[i - 1]} then {bounds[i]} "
-                             f"at positions {i - 1}, {i}")
-    if bounds[-1] != total:
-        raise ValueError(f"{op}: cu_seqlens must end at the number of tokens T = {total}, got {bounds[-1]}")
 
 
 def check_cu_seqlens(op: str, cu_seqlens: torch.Tensor, total: int) -> None:
