@@ -284,12 +284,9 @@ def norm_forward(self, state: ModuleState, hidden_states, gate=None):
 
 def gdn_extra(module, layout: str) -> dict:
     """What the patched forward needs to know about the module's transformers version (found at patch time)."""
-    import inspect
+    from .discovery import forward_params
 
     home = sys.modules.get(type(module).__module__)
     mask_fn = getattr(home, "apply_mask_to_padding_states", None)
-    try:
-        params = tuple(inspect.signature(type(module).forward).parameters)
-    except (TypeError, ValueError):
-        params = ()
+    params = forward_params(type(module).forward)  # through transformers 5.13-5.15's force_accelerate_hooks
     return {"layout": layout, "mask_fn": mask_fn if callable(mask_fn) else None, "params": params}
