@@ -115,7 +115,7 @@ def test_torch_npu_autoloaded_without_cann(tmp_path):
     _assert_one_sentence(_run([str(CLI), "info"], root, autoload_off=False), "TORCH_DEVICE_BACKEND_AUTOLOAD=0", "CANN")
 
 
-def test_mixed_triton_install_warns_on_import_and_commands_exit_2(tmp_path):
+def test_mixed_nvidia_and_ascend_install_warns_on_import_and_commands_exit_2(tmp_path):
     root = _fake_mixed_triton(tmp_path)
     code = ("import warnings\nwarnings.simplefilter('always')\nimport interns2_fast\nfrom interns2_fast import device\n"
             "assert device.triton_flavour() is None\nprint('OK', device.triton_install_problem())\n")
