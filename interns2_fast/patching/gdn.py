@@ -14,7 +14,7 @@ cache protocol, chosen from what the cache object offers:
   recurrent state instead (what 5.15+ does; equal to running the whole conversation without cache);
 * layered (5.15+): `cache.get_conv_state(i)` / `update_conv_state` / `get_recurrent_state` /
   `update_recurrent_state` / `is_recording_past`; a prefill continues from the cached state. The
-  5.13-5.15 releases have the same protocol without the getters: `has_previous_state(i)` is a
+  releases before the getters (5.15.1 and 5.18.0 checked; 5.24.0 has them) have the same protocol: `has_previous_state(i)` is a
   method and the states sit in `cache.layers[i].conv_states[0]` / `.recurrent_states[0]` with
   `.record_past` (`_layered_states` reads both forms).
 
@@ -170,7 +170,7 @@ def _cache_protocol(cache) -> str | None:
         return "legacy"
     if (hasattr(cache, "layers") and callable(getattr(cache, "has_previous_state", None))
             and hasattr(cache, "update_conv_state") and hasattr(cache, "update_recurrent_state")):
-        return "layered"  # transformers 5.13-5.15: no get_conv_state / get_recurrent_state yet
+        return "layered"  # e.g. transformers 5.15.1, 5.18.0: no get_conv_state / get_recurrent_state yet
     return None
 
 
@@ -178,7 +178,7 @@ def _layered_states(cache, i: int):
     """(conv_state, recurrent_state, recording_past) of layer i of a layered cache, either form."""
     if hasattr(cache, "get_conv_state"):
         return cache.get_conv_state(i), cache.get_recurrent_state(i), cache.is_recording_past(i)
-    if not cache.has_previous_state(i):  # 5.13-5.15
+    if not cache.has_previous_state(i):  # before the getters (5.15.1, 5.18.0)
         return None, None, False
     layer = cache.layers[i]
     return layer.conv_states[0], layer.recurrent_states[0], bool(getattr(layer, "record_past", False))
