@@ -14,8 +14,8 @@ cache protocol, chosen from what the cache object offers:
   recurrent state instead (what 5.15+ does; equal to running the whole conversation without cache);
 * layered (5.15+): `cache.get_conv_state(i)` / `update_conv_state` / `get_recurrent_state` /
   `update_recurrent_state` / `is_recording_past`; a prefill continues from the cached state. The
-  releases before the getters (5.15.1 and 5.18.0 checked; 5.24.0 has them) have the same protocol: `has_previous_state(i)` is a
-  method and the states sit in `cache.layers[i].conv_states[0]` / `.recurrent_states[0]` with
+  releases before the getters (5.15.1 and 5.18.0 checked; 5.24.0 has them) have the same protocol:
+  `has_previous_state(i)` is a method and the states sit in `cache.layers[i].conv_states[0]` / `.recurrent_states[0]` with
   `.record_past` (`_layered_states` reads both forms).
 
 q/k are passed with their Hk key heads (the ops map value head h to key head h // (Hv // Hk)), so
