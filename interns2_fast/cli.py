@@ -28,10 +28,8 @@ def _cmd_info(args) -> int:
     ops_table = Table(title="ops and their registered backends (auto on CPU: torch, else reference)")
     ops_table.add_column("op")
     ops_table.add_column("backends")
-    for op in ops.__all__:
-        if op in ("BACKENDS", "registered", "resolve"):
-            continue
-        ops_table.add_row(op, ", ".join(ops.registered(op)))
+    for name, op in ops.OPS.items():
+        ops_table.add_row(name, ", ".join(op.registered()))
     console.print(ops_table)
     return 0
 
