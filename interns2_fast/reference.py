@@ -218,3 +218,13 @@ def moe_experts(hidden, topk_ids, topk_weights, gate_up_proj, down_proj):
         is_transposed=False,
     )
     return forward(experts, hidden, topk_ids, topk_weights)
+
+
+def add_rms_norm(x, residual, weight, eps=1e-6):
+    """The decoder layer's `residual + x` then its `Qwen3_5MoeRMSNorm` ((1 + w) scaling), from the
+    installed module: returns (normed, the new residual). residual None: just the norm, and x is
+    the new residual."""
+    s = x if residual is None else residual + x
+    cls = fallback_module().Qwen3_5MoeRMSNorm
+    norm = _stand_in(cls, weight=weight, eps=eps)
+    return cls.forward(norm, s), s

@@ -12,6 +12,7 @@ KERNEL_MODULES = (
     "gdn_recurrent",
     "conv1d",
     "norm_gated",
+    "rms_norm",
     "moe_routing",
     "moe_experts",
 )

@@ -13,6 +13,7 @@ from .gdn import (
 )
 from .moe import RoutingPlan, moe_align, moe_align_max_rows, moe_experts, moe_route
 from .norm_gated import rms_norm_gated
+from .rms_norm import add_rms_norm
 
 __all__ = [
     "BACKENDS",
@@ -25,6 +26,7 @@ __all__ = [
     "causal_conv1d_fn",
     "causal_conv1d_update",
     "rms_norm_gated",
+    "add_rms_norm",
     "moe_route",
     "moe_experts",
     "moe_align",

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .. import ops
-from . import discovery, gdn, moe_block
+from . import decoder, discovery, gdn, moe_block
 from .state import (FAMILIES, FAMILY_OPS, ModuleState, VerifyRecord, get_state, install, patched_states,
                     uninstall)
 
@@ -127,7 +127,8 @@ def patch(model: nn.Module, *, ops: tuple[str, ...] | list[str] = FAMILIES, back
     """Make `model` use interns2_fast's kernels; returns a PatchReport.
 
     ops: op families to replace — "gdn" (gating + chunked/recurrent gated delta rule), "conv" (causal
-    conv1d prefill/update), "norm" (gated RMSNorm), "moe" (router + experts + sparse-MoE block).
+    conv1d prefill/update), "norm" (gated RMSNorm), "moe" (router + experts + sparse-MoE block),
+    "rmsnorm" (decoder layers: each residual add fused with the (1 + w) RMSNorm after it; final norm).
     backend: "auto" (Triton on an NPU/GPU, the PyTorch path on the CPU), "triton", "torch" or
     "reference" (the transformers fallback semantics, through the patched code path).
     verify: True runs the reference path beside the patched one on each patched op's first call
@@ -210,6 +211,12 @@ def patch(model: nn.Module, *, ops: tuple[str, ...] | list[str] = FAMILIES, back
         for path, m, st in installed:
             states.append(st)
             patched += [PatchedModule(path, fam, name, type(m).__name__) for fam, name in rows]
+
+    if "rmsnorm" in ops_set:  # decoder layers: residual adds fused into the norms (patching/decoder.py)
+        done, skip = decoder.install_decoder(install, model, backend, verify, resolved)
+        states += [st for _, _, st, _ in done]
+        patched += [PatchedModule(p, "rmsnorm", name, type(m).__name__) for p, m, _, name in done]
+        skipped += [SkippedModule(p, "rmsnorm", why, type(m).__name__) for p, m, why in skip]
 
     # a repeated call describes the whole patch: modules patched before but not matched now go back
     keep = {id(s) for s in states}

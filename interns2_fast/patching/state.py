@@ -34,6 +34,7 @@ FAMILY_OPS = {
     "conv": "causal_conv1d_fn",
     "norm": "rms_norm_gated",
     "moe": "moe_experts",
+    "rmsnorm": "add_rms_norm",
 }
 FAMILIES = tuple(FAMILY_OPS)
 
