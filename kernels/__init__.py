@@ -13,6 +13,7 @@ KERNEL_MODULES = (
     "conv1d",
     "norm_gated",
     "rms_norm",
+    "decode_attention",
     "moe_routing",
     "moe_experts",
 )
