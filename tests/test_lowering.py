@@ -73,7 +73,8 @@ def test_target_option_910b3_and_unknown_chip():
 
 
 @pytest.mark.parametrize("target", ["Ascend910_9362", "Ascend910B3"])
-def test_rms_norm_configs_lower_for_both_targets(target):
-    proc = _lower("--only", "rms_norm/", "--target", target)
+@pytest.mark.parametrize("family", ["rms_norm/", "decode_attention/"])
+def test_new_kernel_configs_lower_for_both_targets(family, target):
+    proc = _lower("--only", family, "--target", target)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"for {target}" in proc.stderr and " 0 failed" in proc.stdout
