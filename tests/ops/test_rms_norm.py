@@ -161,3 +161,17 @@ def test_bad_inputs(backend):
         ops.add_rms_norm(x, residual.double(), weight, backend=backend)
     with pytest.raises(ValueError, match="add_rms_norm.*eps"):
         ops.add_rms_norm(x, residual, weight, -1.0, backend=backend)
+
+
+def test_torch_path_follows_weight_updates():
+    """The torch path keeps (1 + w) per weight tensor: an in-place weight change must be seen."""
+    x, residual, weight = make((2, 64), torch.float32)
+    first, _ = ops.add_rms_norm(x, residual, weight, backend="torch")
+    with torch.no_grad():
+        weight.mul_(-3.0).add_(0.5)
+    second, _ = ops.add_rms_norm(x, residual, weight, backend="torch")
+    ref, _ = ops.add_rms_norm(x, residual, weight, backend="reference")
+    assert not torch.allclose(first, second)
+    assert_close(second, ref, TOL_REF[torch.float32])
+    other = weight.clone()  # a new tensor with the same values: same result
+    assert_close(ops.add_rms_norm(x, residual, other, backend="torch")[0], ref, TOL_REF[torch.float32])
