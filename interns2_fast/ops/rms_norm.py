@@ -13,14 +13,23 @@ from ._registry import define
 from ._validate import check_same_device, check_tensor
 
 
-def _fake(x, residual, weight, eps):
-    return torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(
-        x, memory_format=torch.contiguous_format)
+def _strip(args, out):
+    """Without a residual the new residual is x itself: not returned through the custom op."""
+    o, r = out
+    return (o, None) if (args["residual"] is None and r is args["x"]) else (o, r)
 
 
-@define("(Tensor x, Tensor? residual, Tensor weight, float eps) -> (Tensor, Tensor)", fake=_fake)
+def _finish(args, out):
+    o, r = out
+    return o, (args["x"] if r is None else r)
+
+
+@define("(Tensor x, Tensor? residual, Tensor weight, float eps) -> (Tensor, Tensor?)",
+        fake=lambda x, residual, **_: (torch.empty_like(x, memory_format=torch.contiguous_format),
+                                       None if residual is None else torch.empty_like(x)),
+        strip=_strip, finish=_finish)
 def add_rms_norm(x, residual, weight, eps=1e-6):
-    """(out, new_residual): new_residual = residual + x (in the tensors' dtype; a copy of x when
+    """(out, new_residual): new_residual = residual + x (in the tensors' dtype; x itself when
     residual is None), out = (rmsnorm_fp32(new_residual) * (1 + weight_fp32)).to(new_residual.dtype).
 
     x, residual [..., N] of one shape; weight [N]. Exactly the decoder layer's add followed by

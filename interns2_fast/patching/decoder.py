@@ -57,9 +57,13 @@ class NormChain:
         self._normed = None
 
     def put(self, out: torch.Tensor, normed: torch.Tensor) -> None:
+        if torch.compiler.is_compiling():  # a traced graph has no tensor identity to hand over by
+            return
         self._key, self._version, self._normed = weakref.ref(out), out._version, normed
 
     def take(self, x: torch.Tensor) -> torch.Tensor | None:
+        if torch.compiler.is_compiling():
+            return None
         key, normed = self._key, self._normed
         self._key = self._normed = None
         if key is None or key() is not x or x._version != self._version:
