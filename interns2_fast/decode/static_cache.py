@@ -99,8 +99,8 @@ class StaticDecodeCache:
         n = len(like)
         self.key_cache: list = [None] * n
         self.value_cache: list = [None] * n
-        self.conv_states = _InPlaceList([None] * n)
-        self.recurrent_states = _InPlaceList([None] * n)
+        self._conv: list = [None] * n  # plain lists for the step's reads (what torch.compile traces)
+        self._rec: list = [None] * n
         self._positions = {position.device: position}
         for i, s in enumerate(like):
             if s.kind == "attention":
@@ -110,17 +110,20 @@ class StaticDecodeCache:
                                                   device=s.b.device)
                 self._positions.setdefault(s.a.device, torch.zeros_like(position, device=s.a.device))
             else:
-                self.conv_states[i] = torch.zeros((batch, *s.a.shape[1:]), dtype=s.a.dtype, device=s.a.device)
-                self.recurrent_states[i] = torch.zeros((batch, *s.b.shape[1:]), dtype=s.b.dtype, device=s.b.device)
+                self._conv[i] = torch.zeros((batch, *s.a.shape[1:]), dtype=s.a.dtype, device=s.a.device)
+                self._rec[i] = torch.zeros((batch, *s.b.shape[1:]), dtype=s.b.dtype, device=s.b.device)
+        #: the legacy protocol's lists: same tensors, assignment copies in place
+        self.conv_states = _InPlaceList(self._conv)
+        self.recurrent_states = _InPlaceList(self._rec)
 
     # --- what the step and the tests read ---------------------------------------------------------
     def buffers(self) -> dict[str, torch.Tensor]:
         """Every static tensor of the cache, by name."""
         out = {"position": self.position}
         for i in range(len(self.kinds)):
-            for name, lst in (("key", self.key_cache), ("value", self.value_cache), ("conv", self.conv_states),
-                              ("recurrent", self.recurrent_states)):
-                t = list.__getitem__(lst, i)
+            for name, lst in (("key", self.key_cache), ("value", self.value_cache), ("conv", self._conv),
+                              ("recurrent", self._rec)):
+                t = lst[i]
                 if t is not None:
                     out[f"{name}.{i}"] = t
         for dev, t in self._positions.items():
@@ -140,8 +143,8 @@ class StaticDecodeCache:
         for i, s in enumerate(like):
             if s.kind != self.kinds[i]:
                 return False
-            a = self.key_cache[i] if s.kind == "attention" else list.__getitem__(self.conv_states, i)
-            b = self.value_cache[i] if s.kind == "attention" else list.__getitem__(self.recurrent_states, i)
+            a = self.key_cache[i] if s.kind == "attention" else self._conv[i]
+            b = self.value_cache[i] if s.kind == "attention" else self._rec[i]
             if s.kind == "attention":
                 same = a.shape[1] == s.a.shape[1] and a.shape[3] == s.a.shape[3] and b.shape[3] == s.b.shape[3]
             else:
@@ -162,8 +165,8 @@ class StaticDecodeCache:
                     buf[:, :, :kv_len].copy_(src)
                     buf[:, :, kv_len:].zero_()
             else:
-                list.__getitem__(self.conv_states, i).copy_(s.a)
-                list.__getitem__(self.recurrent_states, i).copy_(s.b)
+                self._conv[i].copy_(s.a)
+                self._rec[i].copy_(s.b)
         self.position.fill_(kv_len)
         self.sync_positions()
 
@@ -186,8 +189,7 @@ class StaticDecodeCache:
                         return False
                     layer.keys, layer.values = k, v
             else:
-                conv = list.__getitem__(self.conv_states, i)
-                rec = list.__getitem__(self.recurrent_states, i)
+                conv, rec = self._conv[i], self._rec[i]
                 if protocol == "legacy":
                     cache.conv_states[i], cache.recurrent_states[i] = conv.clone(), rec.clone()
                 else:
@@ -216,14 +218,16 @@ class StaticDecodeCache:
 
     # --- layered protocol (transformers 5.15+) ---------------------------------------------------
     def get_conv_state(self, layer_idx: int, state_idx: int = 0):
-        return list.__getitem__(self.conv_states, layer_idx)
+        return self._conv[layer_idx]
 
     def get_recurrent_state(self, layer_idx: int, state_idx: int = 0):
-        return list.__getitem__(self.recurrent_states, layer_idx)
+        return self._rec[layer_idx]
 
     def update_recurrent_state(self, recurrent_states, layer_idx: int, state_idx: int = 0, **kwargs):
-        self.recurrent_states[layer_idx] = recurrent_states  # copies in place
-        return list.__getitem__(self.recurrent_states, layer_idx)
+        current = self._rec[layer_idx]
+        if recurrent_states is not current:
+            current.copy_(recurrent_states)
+        return current
 
     def update_conv_state(self, conv_states, layer_idx: int, state_idx: int = 0, **kwargs):
         raise NotImplementedError("interns2_fast static decode cache: only single-token decode steps run on it "

@@ -103,9 +103,14 @@ def call_op(state: ModuleState, family: str, fn, *args, mutable=(), **kwargs):
     return swap.get(id(reference), reference)
 
 
+def _recorder() -> dict | None:
+    # torch.compile cannot trace ContextVar.get; a compiled (captured) step records nothing
+    return None if torch.compiler.is_compiling() else OP_RECORDER.get()
+
+
 def record_call(family, fn, args, kwargs, backend, mutable=(), tokens: int | None = None):
     """Inside `record_ops()`: keep the first call of each (op, phase) for timing it later."""
-    rec = OP_RECORDER.get()
+    rec = _recorder()
     if rec is None:
         return
     name = fn.__name__
@@ -182,7 +187,7 @@ def gdn_forward(self, state: ModuleState, hidden_states, cache_params=None, cach
         kw["cache" if "cache" in params else "cache_params"] = cache
         return state.original(hidden_states, **kw)
     _fire_hooks(self, ("conv1d",), pre=True)
-    token = _PHASE_TOKENS.set(hidden_states.shape[1]) if OP_RECORDER.get() is not None else None
+    token = _PHASE_TOKENS.set(hidden_states.shape[1]) if _recorder() is not None else None
     try:
         with device_guard(hidden_states):
             return _gdn_forward(self, state, protocol, hidden_states, cache, cache_position, attention_mask, kwargs)
