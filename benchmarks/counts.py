@@ -64,15 +64,9 @@ NO_DEVICE_WORK_OPS = frozenset({
     "aten::scalar_tensor",
 })
 
-#: Host reads of a device scalar: a sync, not a compute op.
-SYNC_ONLY_OPS = frozenset({"aten::_local_scalar_dense", "aten::item", "aten::is_nonzero"})
-
-#: Ops that make the host wait for the device (their output size or value is needed on the host).
-SYNC_OPS = frozenset({
-    "aten::_local_scalar_dense", "aten::item", "aten::is_nonzero", "aten::nonzero", "aten::argwhere",
-    "aten::_unique", "aten::_unique2", "aten::unique_dim", "aten::unique_consecutive",
-    "aten::masked_select", "aten::equal", "aten::allclose", "aten::_assert_async",
-})
+# What a host sync is: one definition, shared with interns2_fast.numerics.
+from interns2_fast.host_sync import HOST_SYNC_EVENTS as SYNC_OPS  # noqa: E402
+from interns2_fast.host_sync import SYNC_ONLY_OPS  # noqa: E402,F401
 
 VARIANTS = ("reference", "reference-eager", "patched", "patched-triton")  # = interns2_fast.bench.MODEL_VARIANTS
 

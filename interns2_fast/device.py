@@ -9,7 +9,6 @@ import contextlib
 import functools
 import importlib.util
 import os
-from typing import Iterator
 
 import torch
 
@@ -96,18 +95,15 @@ def persistent_grid(device: torch.device, num_tasks: int, *, cube: bool) -> int:
     return max(1, min(cores, num_tasks))
 
 
-@contextlib.contextmanager
-def device_guard(tensor: torch.Tensor) -> Iterator[None]:
-    """Make `tensor`'s device current while launching (device_map="auto" spreads layers over devices)."""
+def device_guard(tensor: torch.Tensor):
+    """Make `tensor`'s device current while launching (device_map="auto" spreads layers over devices).
+    A no-op on the CPU and inside torch.compile (a compiled graph runs on its inputs' devices)."""
     dev = tensor.device
+    if dev.type not in ("cuda", "npu") or torch.compiler.is_compiling():
+        return contextlib.nullcontext()
     if dev.type == "cuda":
-        with torch.cuda.device(dev):
-            yield
-    elif dev.type == "npu":
-        with torch.npu.device(dev):  # type: ignore[attr-defined]
-            yield
-    else:
-        yield
+        return torch.cuda.device(dev)
+    return torch.npu.device(dev)  # type: ignore[attr-defined]
 
 
 def describe() -> dict:

@@ -228,21 +228,15 @@ def _op_timings(recorded: dict, device, reps: int):
     import torch
 
     rows = []
-    for (name, phase), (family, fn, args, kwargs, backend, mutable) in sorted(recorded.items(),
-                                                                             key=lambda kv: (kv[1][0], kv[0])):
-        def run(b, args=args, kwargs=kwargs, fn=fn, mutable=mutable):
-            a, kw = list(args), dict(kwargs)
-            for key in mutable:  # ops that update a state in place get a fresh copy each run
-                if isinstance(key, int):
-                    a[key] = a[key].clone()
-                elif kw.get(key) is not None:
-                    kw[key] = kw[key].clone()
+    from .patching.state import clone_mutated
+
+    for (name, phase), (family, op, args, kwargs, backend) in sorted(recorded.items(), key=lambda kv: (kv[1][0], kv[0])):
+        def run(b, args=args, kwargs=kwargs, op=op):
+            a, kw, _ = clone_mutated(op, args, kwargs)  # ops that update a state in place get a fresh copy
             with torch.no_grad():
-                return fn(*a, backend=b, **kw)
+                return op(*a, backend=b, **kw)
 
-        from .ops import resolve
-
-        resolved, _ = resolve(name, backend, args[0].device)
+        resolved = op.select(backend, op.device_of(op.bind(args, kwargs)), op.bind(args, kwargs))
         shown = next((a for a in args if hasattr(a, "shape") and a.dim() >= 2), args[0])  # the activations
         shape = "x".join(str(d) for d in shown.shape)
         rows.append((family, name, phase, shape, _time_call(lambda: run("reference"), device, reps),
@@ -263,7 +257,7 @@ def cmd_demo(args) -> int:
 
     from . import models, numerics
     from .patching import patch, reference_mode
-    from .patching.gdn import record_ops
+    from .patching.state import record_ops
 
     _quiet_transformers()
     console = _console()

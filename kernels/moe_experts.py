@@ -224,13 +224,22 @@ def block_size_for(num_slots: int, num_experts: int) -> int:
     return 64
 
 
-def _check_tiles(H: int, I: int) -> None:
+def tile_problem(H: int, I: int) -> str | None:
+    """Why these kernels cannot take hidden size H / expert width I (None: they can)."""
     for name, dim, block in (("I", I, GU_BLOCK_N), ("H", H, GU_BLOCK_K), ("H", H, DN_BLOCK_N),
                              ("I", I, DN_BLOCK_K), ("I", I, DEC_BLOCK_N), ("H", H, DEC_BLOCK_K),
                              ("H", H, CB_BLOCK_H)):
+        if dim <= 0:
+            return f"{name}={dim}: empty expert weights"
         if dim % min(block, dim) or (dim < block and dim & (dim - 1)):
-            raise ValueError(f"moe_experts (triton): {name}={dim} must be a multiple of {block} "
-                             "or a power of two below it")
+            return f"{name}={dim} must be a multiple of {block} or a power of two below it"
+    return None
+
+
+def _check_tiles(H: int, I: int) -> None:
+    why = tile_problem(H, I)
+    if why is not None:
+        raise ValueError(f"moe_experts (triton): {why}")
 
 
 def _blk(dim: int, block: int) -> int:

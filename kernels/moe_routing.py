@@ -231,7 +231,7 @@ def moe_route(hidden: torch.Tensor, weight: torch.Tensor, top_k: int, *, renorma
 
 def moe_align(topk_ids: torch.Tensor, num_experts: int, block_size: int):
     """Launcher of the routing-plan kernels; see interns2_fast.ops.moe.RoutingPlan."""
-    from interns2_fast.ops.moe import RoutingPlan, moe_align_max_rows
+    from ..routing_plan import RoutingPlan, moe_align_max_rows
 
     dev = topk_ids.device
     ids = topk_ids.reshape(-1)

@@ -4,7 +4,8 @@ import torch
 
 import interns2_fast
 from interns2_fast import models, numerics
-from interns2_fast.ops import _dispatch
+from interns2_fast import ops
+from interns2_fast.ops._registry import Backend
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +49,8 @@ def test_check_input_forms_and_temporary_patch(model):
 
 
 def test_check_sees_a_broken_kernel(model, monkeypatch):
-    good = _dispatch._REGISTRY["rms_norm_gated"].get("torch") or _dispatch._REGISTRY["rms_norm_gated"]["reference"]
-    monkeypatch.setitem(_dispatch._REGISTRY["rms_norm_gated"], "torch", lambda *a: good(*a) * 3.0)
+    good = ops.OPS["rms_norm_gated"].backends["torch"].impl
+    monkeypatch.setitem(ops.OPS["rms_norm_gated"].backends, "torch", Backend("torch", lambda **kw: good(**kw) * 3.0))
     interns2_fast.patch(model, backend="torch")
     try:
         report = interns2_fast.check(model, ["What is 2 + 3?"])

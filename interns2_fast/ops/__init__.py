@@ -1,9 +1,10 @@
-"""The public op API: one function per op, each with `backend="auto" | "triton" | "torch" | "reference"`.
+"""The public op API: every op is a PyTorch custom operator (`torch.ops.interns2_fast.<name>`) with a
+Python entry point taking `backend="auto" | "triton" | "torch" | "reference" | ...`.
 
-Every op module registers its backends with `_dispatch`; `auto` picks the best one available for
-the tensors' device (Triton on an NPU/GPU, else the PyTorch path).
+`_registry` holds the mechanism (schema, mutation, fake kernel, capability predicates, autograd
+policy); each op module defines its ops once with their backends. `OPS` maps op names to them.
 """
-from ._dispatch import BACKENDS, registered, resolve
+from ._registry import BACKENDS, OPS, Op, registered, resolve
 from .conv1d import causal_conv1d_fn, causal_conv1d_update
 from .gdn import (
     chunk_gated_delta_rule,
@@ -16,6 +17,8 @@ from .norm_gated import rms_norm_gated
 
 __all__ = [
     "BACKENDS",
+    "OPS",
+    "Op",
     "registered",
     "resolve",
     "chunk_gated_delta_rule",

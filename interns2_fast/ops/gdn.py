@@ -3,16 +3,24 @@
 Per value head h with state S in R^{K x V} (fp32):
     S <- exp(g_t) * S;   S <- S + k_t (beta_t (v_t - S^T k_t))^T;   o_t = S^T (scale * q_t)
 Value head h reads key head h // (Hv // Hk) (grouped value attention).
+
+Each op: its validator (signature, docs, checks), fake kernel, and backends — reference (the
+installed transformers fallback), torch (`torch_impl/`), triton (`kernels/`) — with the capability
+predicate of each backend that has limits.
 """
 from __future__ import annotations
 
 import torch
 
 from .. import reference
+from ..torch_impl import gdn_chunk as _torch_chunk
 from ..torch_impl import gdn_gating as _torch_gating
 from ..torch_impl import gdn_recurrent as _torch_recurrent
-from ._dispatch import register, resolve
+from ._registry import OK, define
 from ._validate import FLOAT_DTYPES, check_same_device, check_tensor
+
+_GDN_ARGS = ("Tensor q, Tensor k, Tensor v, Tensor g, Tensor beta, float? scale, Tensor? initial_state, "
+             "bool output_final_state, bool use_qk_l2norm_in_kernel, Tensor? cu_seqlens")
 
 
 def _check_gdn(op, q, k, v, g, beta, initial_state, cu_seqlens):
@@ -21,8 +29,8 @@ def _check_gdn(op, q, k, v, g, beta, initial_state, cu_seqlens):
     check_tensor(op, "k", k, ndim=4, dtypes=(q.dtype,), shape=(B, T, Hk, K))
     check_tensor(op, "v", v, ndim=4, dtypes=(q.dtype,), shape=(B, T, None, None))
     Hv, V = v.shape[2], v.shape[3]
-    if Hv % Hk != 0:
-        raise ValueError(f"{op}: value heads ({Hv}) must be a multiple of key heads ({Hk})")
+    if Hk == 0 or Hv % Hk != 0:
+        raise ValueError(f"{op}: value heads ({Hv}) must be a multiple of key heads ({Hk}), and Hk >= 1")
     check_tensor(op, "g", g, ndim=3, dtypes=FLOAT_DTYPES, shape=(B, T, Hv))
     check_tensor(op, "beta", beta, ndim=3, dtypes=FLOAT_DTYPES, shape=(B, T, Hv))
     N = B
@@ -43,50 +51,88 @@ def _check_inplace(op, inplace_final_state, initial_state):
         raise ValueError(f"{op}: inplace_final_state=True needs a contiguous initial_state to update")
 
 
-def chunk_gated_delta_rule(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor,
-    beta: torch.Tensor,
-    *,
-    scale: float | None = None,
-    initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False,
-    use_qk_l2norm_in_kernel: bool = False,
-    cu_seqlens: torch.Tensor | None = None,
-    backend: str = "auto",
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _check_gating(op, A_log, a, dt_bias, b):
+    check_tensor(op, "A_log", A_log, ndim=1)
+    Hv = A_log.shape[0]
+    check_tensor(op, "a", a)
+    if a.dim() < 1 or a.shape[-1] != Hv:
+        raise ValueError(f"{op}: a and b must end in the head axis of size {Hv} (= len(A_log)), got a "
+                         f"{list(a.shape)}")
+    check_tensor(op, "dt_bias", dt_bias, ndim=1, shape=(Hv,))
+    check_tensor(op, "b", b, shape=tuple(a.shape))
+    check_same_device(op, A_log=A_log, a=a, dt_bias=dt_bias, b=b)
+
+
+def _gdn_fake(q, v, initial_state, cu_seqlens, output_final_state, inplace=False):
+    B, T, _, K = q.shape
+    Hv, V = v.shape[2], v.shape[3]
+    N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    o = q.new_empty(B, T, Hv, V)
+    final = None if (inplace or not output_final_state) else q.new_empty(N, Hv, K, V, dtype=torch.float32)
+    return o, final
+
+
+def _triton_head_dims(device, q, v, **_):
+    from ..kernels.gdn_chunk import MAX_HEAD_DIM
+
+    K, V = q.shape[-1], v.shape[-1]
+    if K > MAX_HEAD_DIM or V > MAX_HEAD_DIM:
+        return False, f"head dims up to {MAX_HEAD_DIM} (UB tile budget), got K={K}, V={V}"
+    return OK
+
+
+# --- chunked prefill --------------------------------------------------------------------------------
+
+@define(f"({_GDN_ARGS}) -> (Tensor, Tensor?)",
+        fake=lambda q, v, initial_state, cu_seqlens, output_final_state, **_:
+        _gdn_fake(q, v, initial_state, cu_seqlens, output_final_state))
+def chunk_gated_delta_rule(q, k, v, g, beta, *, scale=None, initial_state=None, output_final_state=False,
+                           use_qk_l2norm_in_kernel=False, cu_seqlens=None):
     """Chunked (prefill) gated delta rule.
 
     q, k [B,T,Hk,K]; v [B,T,Hv,V]; g (log decay), beta [B,T,Hv]; initial/final state [N,Hv,K,V]
     fp32 (N = B, or the number of sequences in `cu_seqlens`). Returns (o [B,T,Hv,V] in q's
     dtype, final state or None). `scale` defaults to K^-1/2.
     """
-    op = "chunk_gated_delta_rule"
-    _check_gdn(op, q, k, v, g, beta, initial_state, cu_seqlens)
-    _, impl = resolve(op, backend, q.device)
-    return impl(
-        q, k, v, g, beta, scale=scale, initial_state=initial_state, output_final_state=output_final_state,
-        use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, cu_seqlens=cu_seqlens,
-    )
+    _check_gdn("chunk_gated_delta_rule", q, k, v, g, beta, initial_state, cu_seqlens)
 
 
-def fused_recurrent_gated_delta_rule(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    g: torch.Tensor,
-    beta: torch.Tensor,
-    *,
-    scale: float | None = None,
-    initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False,
-    use_qk_l2norm_in_kernel: bool = False,
-    cu_seqlens: torch.Tensor | None = None,
-    inplace_final_state: bool = False,
-    backend: str = "auto",
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+chunk_gated_delta_rule.register("reference")(reference.chunk_gated_delta_rule)
+chunk_gated_delta_rule.register("torch")(_torch_chunk.chunk_gated_delta_rule)
+
+
+@chunk_gated_delta_rule.register("triton", supports=_triton_head_dims)
+def _chunk_triton(**kw):
+    from ..kernels import gdn_chunk  # lazy: importing interns2_fast never needs Triton
+
+    return gdn_chunk.chunk_gated_delta_rule(**kw)
+
+
+# --- recurrent decode -------------------------------------------------------------------------------
+
+def _drop_inplace_state(args, out):
+    """An in-place final state is the caller's `initial_state`: not returned through the custom op."""
+    o, s = out
+    return (o, None) if (args["inplace_final_state"] and s is args["initial_state"]) else (o, s)
+
+
+def _return_inplace_state(args, out):
+    o, s = out
+    if args["inplace_final_state"]:
+        return o, args["initial_state"]
+    return o, s
+
+
+def _recurrent_fake(q, v, initial_state, cu_seqlens, output_final_state, inplace_final_state, **_):
+    return _gdn_fake(q, v, initial_state, cu_seqlens, output_final_state or inplace_final_state,
+                     inplace=inplace_final_state)
+
+
+@define(f"({_GDN_ARGS.replace('Tensor? initial_state', 'Tensor(a!)? initial_state')}, "
+        "bool inplace_final_state) -> (Tensor, Tensor?)",
+        fake=_recurrent_fake, strip=_drop_inplace_state, finish=_return_inplace_state)
+def fused_recurrent_gated_delta_rule(q, k, v, g, beta, *, scale=None, initial_state=None, output_final_state=False,
+                                     use_qk_l2norm_in_kernel=False, cu_seqlens=None, inplace_final_state=False):
     """Token-by-token (decode) gated delta rule; same arguments as `chunk_gated_delta_rule`.
 
     With `inplace_final_state=True` the `initial_state` tensor is updated in place and returned
@@ -95,23 +141,28 @@ def fused_recurrent_gated_delta_rule(
     op = "fused_recurrent_gated_delta_rule"
     _check_gdn(op, q, k, v, g, beta, initial_state, cu_seqlens)
     _check_inplace(op, inplace_final_state, initial_state)
-    _, impl = resolve(op, backend, q.device)
-    return impl(
-        q, k, v, g, beta, scale=scale, initial_state=initial_state, output_final_state=output_final_state,
-        use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, cu_seqlens=cu_seqlens,
-        inplace_final_state=inplace_final_state,
-    )
 
 
-def gdn_gating(
-    A_log: torch.Tensor,
-    a: torch.Tensor,
-    dt_bias: torch.Tensor,
-    b: torch.Tensor,
-    *,
-    head_major: bool = False,
-    backend: str = "auto",
-) -> tuple[torch.Tensor, torch.Tensor]:
+fused_recurrent_gated_delta_rule.register("reference")(reference.fused_recurrent_gated_delta_rule)
+fused_recurrent_gated_delta_rule.register("torch")(_torch_recurrent.fused_recurrent_gated_delta_rule)
+
+
+@fused_recurrent_gated_delta_rule.register("triton", supports=_triton_head_dims)
+def _recurrent_triton(**kw):
+    from ..kernels import gdn_recurrent
+
+    return gdn_recurrent.fused_recurrent_gated_delta_rule(**kw)
+
+
+# --- gating -----------------------------------------------------------------------------------------
+
+def _gating_fake(A_log, a, dt_bias, b, head_major):
+    shape = (a.shape[0], a.shape[2], a.shape[1]) if head_major else tuple(a.shape)
+    return a.new_empty(shape, dtype=torch.float32), b.new_empty(shape)
+
+
+@define("(Tensor A_log, Tensor a, Tensor dt_bias, Tensor b, bool head_major) -> (Tensor, Tensor)", fake=_gating_fake)
+def gdn_gating(A_log, a, dt_bias, b, *, head_major=False):
     """g = -exp(A_log) * softplus(a + dt_bias) in fp32, beta = sigmoid(b) in b's dtype.
 
     A_log, dt_bias [Hv]; a, b [..., Hv]. Returns g and beta shaped like a and b; with
@@ -122,38 +173,35 @@ def gdn_gating(
     _check_gating(op, A_log, a, dt_bias, b)
     if head_major and a.dim() != 3:
         raise ValueError(f"{op}: head_major=True needs a and b of shape [B, T, Hv], got {list(a.shape)}")
-    _, impl = resolve(op, backend, a.device)
-    return impl(A_log, a, dt_bias, b, head_major=head_major)
 
 
-def _check_gating(op, A_log, a, dt_bias, b):
-    check_tensor(op, "A_log", A_log, ndim=1)
-    Hv = A_log.shape[0]
-    check_tensor(op, "dt_bias", dt_bias, shape=(Hv,))
-    check_tensor(op, "a", a)
-    check_tensor(op, "b", b, shape=tuple(a.shape))
-    if a.dim() < 1 or a.shape[-1] != Hv:
-        raise ValueError(f"{op}: a and b must end in the head axis of size {Hv}, got {list(a.shape)}")
-    check_same_device(op, A_log=A_log, a=a, dt_bias=dt_bias, b=b)
+@gdn_gating.register("reference")
+def _gating_reference(A_log, a, dt_bias, b, head_major):
+    g, beta = reference.gdn_gating(A_log, a, dt_bias, b)
+    if head_major:
+        g, beta = g.transpose(1, 2).contiguous(), beta.transpose(1, 2).contiguous()
+    return g, beta
 
 
-def fused_recurrent_gated_delta_rule_with_gating(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    a: torch.Tensor,
-    b: torch.Tensor,
-    A_log: torch.Tensor,
-    dt_bias: torch.Tensor,
-    *,
-    scale: float | None = None,
-    initial_state: torch.Tensor | None = None,
-    output_final_state: bool = False,
-    use_qk_l2norm_in_kernel: bool = False,
-    inplace_final_state: bool = False,
-    cu_seqlens: torch.Tensor | None = None,
-    backend: str = "auto",
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+gdn_gating.register("torch")(_torch_gating.gdn_gating)
+
+
+@gdn_gating.register("triton")
+def _gating_triton(**kw):
+    from ..kernels import gdn_gating as kernel
+
+    return kernel.gdn_gating(**kw)
+
+
+# --- gating + recurrent step in one op (one Triton launch) -----------------------------------------
+
+@define("(Tensor q, Tensor k, Tensor v, Tensor a, Tensor b, Tensor A_log, Tensor dt_bias, float? scale, "
+        "Tensor(a!)? initial_state, bool output_final_state, bool use_qk_l2norm_in_kernel, "
+        "bool inplace_final_state, Tensor? cu_seqlens) -> (Tensor, Tensor?)",
+        fake=_recurrent_fake, strip=_drop_inplace_state, finish=_return_inplace_state)
+def fused_recurrent_gated_delta_rule_with_gating(q, k, v, a, b, A_log, dt_bias, *, scale=None, initial_state=None,
+                                                 output_final_state=False, use_qk_l2norm_in_kernel=False,
+                                                 inplace_final_state=False, cu_seqlens=None):
     """`gdn_gating` then `fused_recurrent_gated_delta_rule`, in one call (one kernel on Triton).
 
     a, b [B,T,Hv] are the raw gate projections; A_log, dt_bias [Hv]. g = -exp(A_log) *
@@ -162,85 +210,26 @@ def fused_recurrent_gated_delta_rule_with_gating(
     """
     op = "fused_recurrent_gated_delta_rule_with_gating"
     check_tensor(op, "q", q, ndim=4)
-    B, T = q.shape[:2]
     check_tensor(op, "v", v, ndim=4)
-    check_tensor(op, "a", a, ndim=3, shape=(B, T, v.shape[2]))
+    check_tensor(op, "a", a, ndim=3, shape=(q.shape[0], q.shape[1], v.shape[2]))
     _check_gating(op, A_log, a, dt_bias, b)
-    # g / beta stand-ins with the right shapes, for the shared q/k/v/state/device checks
-    # (_check_gating has put A_log and dt_bias on a's device).
+    # a / b stand in for g / beta (same shapes) in the shared q/k/v/state/device checks
     _check_gdn(op, q, k, v, a, b, initial_state, cu_seqlens)
     _check_inplace(op, inplace_final_state, initial_state)
-    _, impl = resolve(op, backend, q.device)
-    return impl(
-        q, k, v, a, b, A_log, dt_bias, scale=scale, initial_state=initial_state,
-        output_final_state=output_final_state, use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
-        inplace_final_state=inplace_final_state, cu_seqlens=cu_seqlens,
-    )
 
 
-register("chunk_gated_delta_rule", "reference")(reference.chunk_gated_delta_rule)
-
-
-@register("chunk_gated_delta_rule", "torch")
-def _chunk_gated_delta_rule_torch(*args, **kwargs):
-    from ..torch_impl import gdn_chunk
-
-    return gdn_chunk.chunk_gated_delta_rule(*args, **kwargs)
-
-
-@register("chunk_gated_delta_rule", "triton")
-def _chunk_gated_delta_rule_triton(*args, **kwargs):
-    from ..kernels import gdn_chunk  # lazy: importing interns2_fast never needs Triton
-
-    return gdn_chunk.chunk_gated_delta_rule(*args, **kwargs)
-
-
-register("fused_recurrent_gated_delta_rule", "reference")(reference.fused_recurrent_gated_delta_rule)
-
-
-@register("gdn_gating", "reference")
-def _gdn_gating_reference(A_log, a, dt_bias, b, *, head_major=False):
-    g, beta = reference.gdn_gating(A_log, a, dt_bias, b)
-    if head_major:
-        g, beta = g.transpose(1, 2).contiguous(), beta.transpose(1, 2).contiguous()
-    return g, beta
-
-
-@register("fused_recurrent_gated_delta_rule_with_gating", "reference")
-def _recurrent_with_gating_reference(q, k, v, a, b, A_log, dt_bias, **kw):
+@fused_recurrent_gated_delta_rule_with_gating.register("reference")
+def _with_gating_reference(q, k, v, a, b, A_log, dt_bias, **kw):
     g, beta = reference.gdn_gating(A_log, a, dt_bias, b)
     return reference.fused_recurrent_gated_delta_rule(q, k, v, g, beta, **kw)
 
 
-# --- recurrent decode and gating: PyTorch and Triton backends -------------------------------------
+fused_recurrent_gated_delta_rule_with_gating.register("torch")(
+    _torch_recurrent.fused_recurrent_gated_delta_rule_with_gating)
 
-register("fused_recurrent_gated_delta_rule", "torch")(_torch_recurrent.fused_recurrent_gated_delta_rule)
 
-
-@register("fused_recurrent_gated_delta_rule", "triton")
-def _recurrent_triton(*args, **kw):
+@fused_recurrent_gated_delta_rule_with_gating.register("triton", supports=_triton_head_dims)
+def _with_gating_triton(**kw):
     from ..kernels import gdn_recurrent
 
-    return gdn_recurrent.fused_recurrent_gated_delta_rule(*args, **kw)
-
-
-register("fused_recurrent_gated_delta_rule_with_gating", "torch")(
-    _torch_recurrent.fused_recurrent_gated_delta_rule_with_gating
-)
-
-
-@register("fused_recurrent_gated_delta_rule_with_gating", "triton")
-def _recurrent_with_gating_triton(*args, **kw):
-    from ..kernels import gdn_recurrent
-
-    return gdn_recurrent.fused_recurrent_gated_delta_rule_with_gating(*args, **kw)
-
-
-register("gdn_gating", "torch")(_torch_gating.gdn_gating)
-
-
-@register("gdn_gating", "triton")
-def _gdn_gating_triton(*args, **kw):
-    from ..kernels import gdn_gating as impl
-
-    return impl.gdn_gating(*args, **kw)
+    return gdn_recurrent.fused_recurrent_gated_delta_rule_with_gating(**kw)

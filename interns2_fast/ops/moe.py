@@ -1,18 +1,45 @@
-"""Mixture-of-experts ops: top-k routing and the packed SwiGLU expert FFNs."""
+"""Mixture-of-experts ops: top-k routing, the routing plan and the packed SwiGLU expert FFNs.
+
+Backends: reference (the installed transformers router / eager expert loop), torch
+(`torch_impl/moe_*.py`), triton (`kernels/moe_*.py`), npu_native (torch_npu's fused operators,
+experts only; unverified, never chosen by `auto`).
+"""
 from __future__ import annotations
 
-from typing import NamedTuple
+import operator
 
 import torch
 
 from .. import reference
-from ._dispatch import register, resolve
+from ..routing_plan import RoutingPlan, moe_align_max_rows
+from ._registry import OK, define
 from ._validate import check_same_device, check_tensor
 
 
-def moe_route(
-    hidden: torch.Tensor, weight: torch.Tensor, top_k: int, *, renormalize: bool = True, backend: str = "auto"
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _index(op: str, name: str, value, low: int, high: int | None = None) -> int:
+    """An integral argument (Python or numpy integer, not bool) within [low, high]."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{op}: {name} must be an integer, got {value!r}") from None
+    if v < low or (high is not None and v > high):
+        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{op}: {name} must be in {bound}, got {v}")
+    return v
+
+
+# --- router -----------------------------------------------------------------------------------------
+
+def _route_fake(hidden, weight, top_k, renormalize):
+    T, E = hidden.shape[0], weight.shape[0]
+    return (hidden.new_empty(T, E), hidden.new_empty(T, top_k, dtype=torch.float32),
+            hidden.new_empty(T, top_k, dtype=torch.int64))
+
+
+@define("(Tensor hidden, Tensor weight, int top_k, bool renormalize) -> (Tensor, Tensor, Tensor)", fake=_route_fake)
+def moe_route(hidden, weight, top_k, *, renormalize=True):
     """Router: logits = hidden @ weight^T; fp32 softmax; top-k; renormalise the k weights to sum 1.
 
     hidden [T, H]; weight [E, H]. Returns (logits [T, E] in hidden's dtype, topk_weights [T, k]
@@ -26,24 +53,95 @@ def moe_route(
     op = "moe_route"
     check_tensor(op, "hidden", hidden, ndim=2)
     check_tensor(op, "weight", weight, ndim=2, dtypes=(hidden.dtype,), shape=(None, hidden.shape[1]))
-    if not isinstance(top_k, int) or not 1 <= top_k <= weight.shape[0]:
-        raise ValueError(f"{op}: top_k must be an int in [1, {weight.shape[0]}], got {top_k!r}")
+    _index(op, "top_k", top_k, 1, weight.shape[0])
     check_same_device(op, hidden=hidden, weight=weight)
-    _, impl = resolve(op, backend, hidden.device)
-    return impl(hidden, weight, top_k, renormalize=renormalize)
 
 
-def moe_experts(
-    hidden: torch.Tensor,
-    topk_ids: torch.Tensor,
-    topk_weights: torch.Tensor,
-    gate_up_proj: torch.Tensor,
-    down_proj: torch.Tensor,
-    *,
-    backend: str = "auto",
-    shared_expert_output: torch.Tensor | None = None,
-    shared_expert_gate: torch.Tensor | None = None,
-) -> torch.Tensor:
+def _int_args(fn):
+    """Backends get top_k / num_experts / block_size as Python ints (numpy integers are accepted)."""
+    def call(**kw):
+        for name in ("top_k", "num_experts", "block_size"):
+            if name in kw:
+                kw[name] = operator.index(kw[name])
+        return fn(**kw)
+    call.__name__ = getattr(fn, "__name__", "backend")
+    return call
+
+
+moe_route.register("reference")(_int_args(reference.moe_route))
+
+
+@moe_route.register("torch")
+@_int_args
+def _route_torch(**kw):
+    from ..torch_impl import moe_routing
+
+    return moe_routing.moe_route(**kw)
+
+
+@moe_route.register("triton")
+@_int_args
+def _route_triton(**kw):
+    from ..kernels import moe_routing
+
+    return moe_routing.moe_route(**kw)
+
+
+# --- routing plan -----------------------------------------------------------------------------------
+
+def _align_fake(topk_ids, num_experts, block_size):
+    n = topk_ids.numel()
+    rows = moe_align_max_rows(n, num_experts, block_size)
+    i32 = dict(dtype=torch.int32)
+    return (topk_ids.new_empty(rows, **i32), topk_ids.new_empty(rows // block_size, **i32),
+            topk_ids.new_empty(1, **i32), topk_ids.new_empty(num_experts, **i32),
+            topk_ids.new_empty(num_experts + 1, **i32), topk_ids.new_empty(n, **i32))
+
+
+def _pow2_block(device, block_size, **_):
+    b = operator.index(block_size)
+    return OK if b & (b - 1) == 0 else (False, f"block_size must be a power of two, got {b}")
+
+
+@define("(Tensor topk_ids, int num_experts, int block_size) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
+        fake=_align_fake, finish=lambda args, out: RoutingPlan(*out))
+def moe_align(topk_ids, num_experts, block_size):
+    """The routing plan of `topk_ids` [T, k] (int64 or int32, values in [0, num_experts)) for
+    grouped GEMMs with row blocks of `block_size` (a Python int; the Triton backend needs a power
+    of two). No host sync, static shapes; see `RoutingPlan` for the layout and its invariants.
+    Ids outside [0, num_experts) are not checked on the device (the torch backend raises from
+    scatter_add on the CPU; the Triton backend's result is undefined)."""
+    op = "moe_align"
+    check_tensor(op, "topk_ids", topk_ids, ndim=2, dtypes=(torch.int64, torch.int32))
+    _index(op, "num_experts", num_experts, 1)
+    _index(op, "block_size", block_size, 1)
+    if topk_ids.numel() >= 2**31 - 1:
+        raise ValueError(f"{op}: too many slots for int32 plan indices ({topk_ids.numel()})")
+
+
+@moe_align.register("torch")
+@_int_args
+def _align_torch(**kw):
+    from ..torch_impl import moe_routing
+
+    return tuple(moe_routing.moe_align(**kw))
+
+
+@moe_align.register("triton", supports=_pow2_block)
+@_int_args
+def _align_triton(**kw):
+    from ..kernels import moe_routing
+
+    return tuple(moe_routing.moe_align(**kw))
+
+
+# --- expert FFNs ------------------------------------------------------------------------------------
+
+@define("(Tensor hidden, Tensor topk_ids, Tensor topk_weights, Tensor gate_up_proj, Tensor down_proj, "
+        "Tensor? shared_expert_output, Tensor? shared_expert_gate) -> Tensor",
+        fake=lambda hidden, **_: torch.empty_like(hidden, memory_format=torch.contiguous_format))
+def moe_experts(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, *, shared_expert_output=None,
+                shared_expert_gate=None):
     """out[t] = sum_j w[t, j] * down[e] @ (silu(gate) * up), gate|up = gate_up_proj[e] @ hidden[t],
     e = topk_ids[t, j]. hidden [T, H]; gate_up_proj [E, 2I, H]; down_proj [E, H, I] (as stored).
     Returns [T, H] in hidden's dtype.
@@ -72,131 +170,44 @@ def moe_experts(
     check_same_device(op, hidden=hidden, topk_ids=topk_ids, topk_weights=topk_weights,
                       gate_up_proj=gate_up_proj, down_proj=down_proj, shared_expert_output=shared_expert_output,
                       shared_expert_gate=shared_expert_gate)
-    name, impl = resolve(op, backend, hidden.device)
+
+
+@moe_experts.register("reference")
+def _experts_reference(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, shared_expert_output,
+                       shared_expert_gate):
+    out = reference.moe_experts(hidden, topk_ids, topk_weights, gate_up_proj, down_proj)
     if shared_expert_output is None:
-        return impl(hidden, topk_ids, topk_weights, gate_up_proj, down_proj)
-    if name == "reference":  # transformers adds the gated shared expert after the experts, in hidden's dtype
-        shared = shared_expert_output
-        if shared_expert_gate is not None:
-            shared = torch.sigmoid(shared_expert_gate.reshape(T, 1)) * shared
-        return impl(hidden, topk_ids, topk_weights, gate_up_proj, down_proj) + shared
-    return impl(hidden, topk_ids, topk_weights, gate_up_proj, down_proj,
-                shared_expert_output=shared_expert_output, shared_expert_gate=shared_expert_gate)
+        return out
+    # transformers adds the gated shared expert after the experts, in hidden's dtype
+    shared = shared_expert_output
+    if shared_expert_gate is not None:
+        shared = torch.sigmoid(shared_expert_gate.reshape(hidden.shape[0], 1)) * shared
+    return out + shared
 
 
-class RoutingPlan(NamedTuple):
-    """Where every (token, choice) slot goes in the expert-grouped, block-padded row order.
+@moe_experts.register("torch")
+def _experts_torch(**kw):
+    from ..torch_impl import moe_experts as impl
 
-    Built by `moe_align(topk_ids [T, k], E, block_size)`. A slot is s = t * k + j (token t, choice
-    j); n = T * k slots. All fields are device tensors with shapes fixed by (T, k, E, block_size)
-    alone, so building and consuming the plan never syncs with the host.
-
-    max_rows = roundup(n + min(E, n) * (block_size - 1), block_size)  (`moe_align_max_rows`).
-
-    Fields (all int32):
-      sorted_slots   [max_rows]              slot ids grouped by expert in ascending expert order,
-                                             ascending s within an expert (stable), each group
-                                             padded with the sentinel n up to a multiple of
-                                             block_size; rows >= num_rows hold the sentinel too.
-      block_expert   [max_rows // block_size] expert of each block of block_size rows; -1 for the
-                                             blocks at or past num_rows.
-      num_rows       [1]                     rows used = sum of the padded group sizes.
-      expert_counts  [E]                     slots per expert; sums to n.
-      expert_offsets [E + 1]                 padded start row of each expert's group (exclusive
-                                             cumsum of padded sizes); [0] = 0, [E] = num_rows.
-      slot_rows      [n]                     the row of sorted_slots holding slot s (inverse map):
-                                             sorted_slots[slot_rows[s]] == s.
-
-    Invariants: every slot appears in sorted_slots exactly once; expert e's group is rows
-    [expert_offsets[e], expert_offsets[e] + expert_counts[e]) followed by sentinel rows up to
-    expert_offsets[e + 1] (padding only at group ends; an expert with no slots has an empty group);
-    every expert_offsets[e] is a multiple of block_size, so a block never spans two experts;
-    block_expert[b] == e for every block b with expert_offsets[e] <= b * block_size <
-    expert_offsets[e + 1]. A consumer reads the token of a row as sorted_slots[row] // k and masks
-    rows whose slot is the sentinel n.
-    """
-
-    sorted_slots: torch.Tensor
-    block_expert: torch.Tensor
-    num_rows: torch.Tensor
-    expert_counts: torch.Tensor
-    expert_offsets: torch.Tensor
-    slot_rows: torch.Tensor
+    return impl.moe_experts(**kw)
 
 
-def moe_align_max_rows(num_slots: int, num_experts: int, block_size: int) -> int:
-    """Length of RoutingPlan.sorted_slots for n = T * k slots: roundup(n + min(E, n) * (block_size - 1), block_size)."""
-    bound = num_slots + min(num_experts, num_slots) * (block_size - 1)
-    return -(-bound // block_size) * block_size
+def _triton_tiles(device, hidden, down_proj, **_):
+    from ..kernels.moe_experts import tile_problem
+
+    why = tile_problem(hidden.shape[1], down_proj.shape[2])
+    return OK if why is None else (False, why)
 
 
-def moe_align(topk_ids: torch.Tensor, num_experts: int, block_size: int, *, backend: str = "auto") -> RoutingPlan:
-    """The routing plan of `topk_ids` [T, k] (int64 or int32, values in [0, num_experts)) for
-    grouped GEMMs with row blocks of `block_size` (a Python int; the Triton backend needs a power
-    of two). No host sync, static shapes; see `RoutingPlan` for the layout and its invariants.
-    Ids outside [0, num_experts) are not checked on the device (the torch backend raises from
-    scatter_add on the CPU; the Triton backend's result is undefined)."""
-    op = "moe_align"
-    check_tensor(op, "topk_ids", topk_ids, ndim=2, dtypes=(torch.int64, torch.int32))
-    if isinstance(num_experts, bool) or not isinstance(num_experts, int) or num_experts < 1:
-        raise ValueError(f"{op}: num_experts must be a positive int, got {num_experts!r}")
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-        raise ValueError(f"{op}: block_size must be a positive int, got {block_size!r}")
-    if topk_ids.numel() >= 2**31 - 1:
-        raise ValueError(f"{op}: too many slots for int32 plan indices ({topk_ids.numel()})")
-    _, impl = resolve(op, backend, topk_ids.device)
-    return impl(topk_ids, num_experts, block_size)
+@moe_experts.register("triton", supports=_triton_tiles)
+def _experts_triton(**kw):
+    from ..kernels import moe_experts as impl
+
+    return impl.moe_experts(**kw, plan_fn=moe_align)
 
 
-register("moe_route", "reference")(reference.moe_route)
-register("moe_experts", "reference")(reference.moe_experts)
-
-
-@register("moe_route", "torch")
-def _moe_route_torch(hidden, weight, top_k, *, renormalize=True):
-    from ..torch_impl import moe_routing
-
-    return moe_routing.moe_route(hidden, weight, top_k, renormalize=renormalize)
-
-
-@register("moe_route", "triton")
-def _moe_route_triton(hidden, weight, top_k, *, renormalize=True):
-    from ..kernels import moe_routing
-
-    return moe_routing.moe_route(hidden, weight, top_k, renormalize=renormalize)
-
-
-@register("moe_align", "torch")
-def _moe_align_torch(topk_ids, num_experts, block_size):
-    from ..torch_impl import moe_routing
-
-    return moe_routing.moe_align(topk_ids, num_experts, block_size)
-
-
-@register("moe_align", "triton")
-def _moe_align_triton(topk_ids, num_experts, block_size):
-    from ..kernels import moe_routing
-
-    return moe_routing.moe_align(topk_ids, num_experts, block_size)
-
-
-@register("moe_experts", "torch")
-def _moe_experts_torch(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, **shared):
-    from ..torch_impl import moe_experts
-
-    return moe_experts.moe_experts(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, **shared)
-
-
-@register("moe_experts", "triton")
-def _moe_experts_triton(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, **shared):
-    from ..kernels import moe_experts
-
-    return moe_experts.moe_experts(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, plan_fn=moe_align,
-                                   **shared)
-
-
-@register("moe_experts", "npu_native")
-def _moe_experts_npu_native(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, **shared):
+@moe_experts.register("npu_native")
+def _experts_npu_native(**kw):
     from ..torch_impl import moe_npu_native
 
-    return moe_npu_native.moe_experts(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, **shared)
+    return moe_npu_native.moe_experts(**kw)

@@ -1,17 +1,21 @@
-"""Gated RMSNorm (norm before gate), as the GatedDeltaNet output norm computes it."""
+"""Gated RMSNorm (norm before gate), as the GatedDeltaNet output norm computes it.
+
+Backends: reference (the installed transformers module's arithmetic), torch
+(`torch_impl/norm_gated.py`), triton (`kernels/norm_gated.py`, rows up to MAX_WIDTH wide).
+"""
 from __future__ import annotations
 
 import torch
 
 from .. import reference
 from ..torch_impl import norm_gated as torch_norm_gated
-from ._dispatch import register, resolve
+from ._registry import OK, define
 from ._validate import check_same_device, check_tensor
 
 
-def rms_norm_gated(
-    x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, *, backend: str = "auto"
-) -> torch.Tensor:
+@define("(Tensor x, Tensor gate, Tensor weight, float eps) -> Tensor",
+        fake=lambda x, **_: torch.empty_like(x, memory_format=torch.contiguous_format))
+def rms_norm_gated(x, gate, weight, eps=1e-6):
     """weight * rmsnorm_fp32(x).to(x.dtype) * silu(gate_fp32), returned in x's dtype.
 
     x, gate [..., N]; weight [N]. Statistics in fp32; the normalised value is rounded to x's dtype
@@ -25,16 +29,21 @@ def rms_norm_gated(
     check_tensor(op, "gate", gate, shape=tuple(x.shape))
     check_tensor(op, "weight", weight, ndim=1, shape=(N,))
     check_same_device(op, x=x, gate=gate, weight=weight)
-    _, impl = resolve(op, backend, x.device)
-    return impl(x, gate, weight, eps)
 
 
-register("rms_norm_gated", "reference")(reference.rms_norm_gated)
-register("rms_norm_gated", "torch")(torch_norm_gated.rms_norm_gated)
+def _triton_width(device, x, **_):
+    from ..kernels.norm_gated import MAX_WIDTH
+
+    N = x.shape[-1]
+    return OK if N <= MAX_WIDTH else (False, f"row width N <= {MAX_WIDTH}, got {N}")
 
 
-@register("rms_norm_gated", "triton")
-def _rms_norm_gated_triton(x, gate, weight, eps=1e-6):
+rms_norm_gated.register("reference")(reference.rms_norm_gated)
+rms_norm_gated.register("torch")(torch_norm_gated.rms_norm_gated)
+
+
+@rms_norm_gated.register("triton", supports=_triton_width)
+def _rms_norm_gated_triton(**kw):
     from ..kernels import norm_gated as kernel  # lazily: importing interns2_fast never needs Triton
 
-    return kernel.rms_norm_gated(x, gate, weight, eps)
+    return kernel.rms_norm_gated(**kw)

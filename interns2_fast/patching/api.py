@@ -7,10 +7,10 @@ import logging
 import torch
 from torch import nn
 
-from .. import ops
-from . import discovery, gdn, moe_block
-from .state import (FAMILIES, FAMILY_OPS, ModuleState, VerifyRecord, get_state, install, patched_states,
-                    uninstall)
+from .. import ops as _ops
+from . import discovery
+from .families import FAMILY_EXAMPLES, KINDS
+from .state import FAMILIES, FAMILY_OPS, ModuleState, VerifyRecord, get_state, install, patched_states, uninstall
 
 logger = logging.getLogger("interns2_fast")
 
@@ -19,8 +19,9 @@ logger = logging.getLogger("interns2_fast")
 class PatchedModule:
     path: str
     op: str  # op family: gdn | conv | norm | moe
-    backend: str  # the backend that runs on this module's device ("torch", "triton", ...)
+    backend: str  # the backend(s) that run on this module's device ("torch", "triton", "triton+torch")
     module_type: str
+    note: str = ""  # why an op runs on another backend than the one asked for
 
 
 @dataclasses.dataclass
@@ -71,6 +72,9 @@ class PatchReport:
     def to_markdown(self) -> str:
         lines = ["| module | op | backend | type |", "|---|---|---|---|"]
         lines += [f"| `{p.path}` | {p.op} | {p.backend} | {p.module_type} |" for p in self.patched]
+        notes = sorted({(p.op, p.note) for p in self.patched if p.note})
+        if notes:
+            lines += [""] + [f"* {op}: {note}" for op, note in notes]
         if self.skipped:
             lines += ["", "| skipped | op | reason |", "|---|---|---|"]
             lines += [f"| `{s.path}` | {s.op} | {s.reason} |" for s in self.skipped]
@@ -117,9 +121,26 @@ def _device_of(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _resolve(family: str, backend: str, device: torch.device) -> str:
-    name, _ = ops.resolve(FAMILY_OPS[family], backend, device)
-    return name
+def _choose(op_name: str, backend: str, device: torch.device, example: dict) -> tuple[str, str, str]:
+    """(backend to pass at run time, backend that will run, note) for one op of a module.
+
+    The capability predicates are evaluated on `example` (meta tensors shaped like the module's
+    calls). An explicit backend that cannot take them falls back to `auto` for this op, with a note;
+    ValueError when no backend can.
+    """
+    op = _ops.OPS[op_name]
+    if backend == "auto":
+        return "auto", op.select("auto", device, example), ""
+    try:
+        return backend, op.select(backend, device, example), ""
+    except (ValueError, NotImplementedError) as exc:
+        runs = op.select("auto", device, example)
+        why = str(exc)
+        for sep in ("cannot take these arguments: ", ": "):
+            if sep in why:
+                why = why.split(sep, 1)[1]
+                break
+        return "auto", runs, f"{op_name} runs on {runs} ({why})"
 
 
 def patch(model: nn.Module, *, ops: tuple[str, ...] | list[str] = FAMILIES, backend: str = "auto",
@@ -129,8 +150,11 @@ def patch(model: nn.Module, *, ops: tuple[str, ...] | list[str] = FAMILIES, back
 
     ops: op families to replace — "gdn" (gating + chunked/recurrent gated delta rule), "conv" (causal
     conv1d prefill/update), "norm" (gated RMSNorm), "moe" (router + experts + sparse-MoE block).
-    backend: "auto" (Triton on an NPU/GPU, the PyTorch path on the CPU), "triton", "torch" or
-    "reference" (the transformers fallback semantics, through the patched code path).
+    backend: "auto" (per op, the first backend whose capability predicate holds for this module's
+    shapes and device: Triton on an NPU/GPU, the PyTorch path on the CPU), or one of
+    `interns2_fast.ops.BACKENDS` ("triton", "torch", "reference" = the transformers fallback
+    semantics through the patched code path, ...). An op that the requested backend lacks or cannot
+    take for this module's shapes runs on what `auto` picks instead; the report says so per module.
     verify: True runs the reference path beside the patched one on each patched op's first call
     and, beyond tolerance (numerics.VERIFY_TOLERANCES), warns and puts that module back on the
     reference path; "strict" raises `VerifyError` instead. The report's `verify` lists what it saw.
@@ -156,65 +180,44 @@ def patch(model: nn.Module, *, ops: tuple[str, ...] | list[str] = FAMILIES, back
         raise ValueError(f"interns2_fast.patch: unknown op families {unknown}; expected a subset of {FAMILIES}")
     if verify not in (False, True, "strict"):
         raise ValueError(f"interns2_fast.patch: verify must be False, True or 'strict', got {verify!r}")
+    if backend != "auto" and backend not in _ops.BACKENDS:
+        raise ValueError(f"interns2_fast.patch: unknown backend {backend!r}; expected 'auto' or one of {_ops.BACKENDS}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"interns2_fast.patch: expected a torch.nn.Module, got {type(model).__name__}")
 
     patched: list[PatchedModule] = []
     skipped: list[SkippedModule] = []
     states: list[ModuleState] = []
-    resolved_cache: dict = {}
-
-    def resolved(family, module):
-        dev = _device_of(module)
-        key = (family, dev)
-        if key not in resolved_cache:
-            try:
-                resolved_cache[key] = (_resolve(family, backend, dev), None)
-            except (RuntimeError, NotImplementedError, ValueError) as exc:
-                resolved_cache[key] = (None, str(exc))
-        return resolved_cache[key]
+    settings = dict(fix_legacy_continuation=fix_legacy_continuation)
 
     for cand in discovery.find_candidates(model):
         mtype = type(cand.module).__name__
-        fams = {"gdn": ("gdn", "conv"), "norm": ("norm",), "moe_block": ("moe",)}[cand.kind]
-        wanted = [f for f in fams if f in ops_set]
+        kind = KINDS[cand.kind]
+        wanted = [f for f in kind.families if f in ops_set]
         if not wanted:
             continue
-        if cand.reason is not None:
-            skipped += [SkippedModule(cand.path, f, cand.reason, mtype) for f in wanted]
+        reason = cand.reason if cand.reason is not None else kind.skip(cand.module)
+        if reason is not None:
+            skipped += [SkippedModule(cand.path, f, reason, mtype) for f in wanted]
             continue
-        if cand.kind == "moe_block":
-            reason = moe_block.skip_reason(cand.module)
-            if reason is not None:
-                skipped.append(SkippedModule(cand.path, "moe", reason, mtype))
-                continue
-        backends: dict[str, str] = {}
+        dev = _device_of(cand.module)
+        backends: dict[str, str] = {}  # op -> backend passed at run time
         rows = []
         for fam in wanted:
-            name, err = resolved(fam, cand.module)
-            if name is None:
-                skipped.append(SkippedModule(cand.path, fam, err, mtype))
-            else:
-                backends[fam] = backend
-                rows.append((fam, name))
+            examples = FAMILY_EXAMPLES[fam](cand.module)
+            try:
+                chosen = {op: _choose(op, backend, dev, examples[op]) for op in FAMILY_OPS[fam]}
+            except (ValueError, NotImplementedError) as exc:
+                skipped.append(SkippedModule(cand.path, fam, str(exc), mtype))
+                continue
+            backends.update({op: run for op, (run, _, _) in chosen.items()})
+            runs = "+".join(dict.fromkeys(r for _, r, _ in chosen.values()))
+            rows.append((fam, runs, "; ".join(n for _, _, n in chosen.values() if n)))
         if not backends:
             continue
-        if cand.kind == "gdn":
-            st = install(cand.module, dict(path=cand.path, kind="gdn", backends=backends, verify=verify,
-                                           extra=dict(gdn.gdn_extra(cand.module, cand.layout),
-                                                      continue_state=fix_legacy_continuation)), gdn.gdn_forward)
-            installed = [(cand.path, cand.module, st)]
-        elif cand.kind == "norm":
-            st = install(cand.module, dict(path=cand.path, kind="norm", backends=backends, verify=verify),
-                         gdn.norm_forward)
-            installed = [(cand.path, cand.module, st)]
-        else:
-            installed = [(path, m, st) for (path, st), m in
-                         zip(moe_block.install_moe(install, cand.path, cand.module, backends, verify),
-                             (cand.module.gate, cand.module))]
-        for path, m, st in installed:
+        for path, m, st in kind.install(install, cand.path, cand.module, backends, verify, settings, cand.layout):
             states.append(st)
-            patched += [PatchedModule(path, fam, name, type(m).__name__) for fam, name in rows]
+            patched += [PatchedModule(path, fam, runs, type(m).__name__, note) for fam, runs, note in rows]
 
     # a repeated call describes the whole patch: modules patched before but not matched now go back
     keep = {id(s) for s in states}

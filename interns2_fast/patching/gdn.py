@@ -27,8 +27,6 @@ child, patched separately under the "norm" family.
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import sys
 
 import torch
@@ -36,110 +34,7 @@ import torch.nn.functional as F
 
 from .. import ops
 from ..device import device_guard
-from .state import ModuleState, input_dtype, verify_outputs
-
-#: when set (a dict), every op call of a patched GDN layer / norm records (op, family, args, kwargs)
-#: here: the demo times the ops on the shapes a real forward produced.
-OP_RECORDER: contextvars.ContextVar[dict | None] = contextvars.ContextVar("interns2_fast_op_recorder", default=None)
-
-
-#: tokens per sequence of the GDN layer call in progress (the gating and the norm cannot tell it from shapes)
-_PHASE_TOKENS: contextvars.ContextVar[int | None] = contextvars.ContextVar("interns2_fast_phase", default=None)
-
-
-@contextlib.contextmanager
-def record_ops():
-    """Capture the first call of each (op, phase) made by patched layers: {key: (fn, args, kwargs, backend)}."""
-    calls: dict = {}
-    token = OP_RECORDER.set(calls)
-    try:
-        yield calls
-    finally:
-        OP_RECORDER.reset(token)
-
-
-def _clone_mutable(args, kwargs, mutable):
-    """Copies of args/kwargs with the tensors named in `mutable` (positions or names) cloned."""
-    args, kwargs = list(args), dict(kwargs)
-    clones = {}
-    for key in mutable:
-        if isinstance(key, int):
-            clones[key] = args[key] = args[key].clone()
-        elif kwargs.get(key) is not None:
-            clones[key] = kwargs[key] = kwargs[key].clone()
-    return args, kwargs, clones
-
-
-def call_op(state: ModuleState, family: str, fn, *args, mutable=(), **kwargs):
-    """Call `ops.<fn>` with the family's backend. `mutable`: args the op updates in place.
-
-    verify mode: the first call of each op in this module also runs the reference backend (on
-    copies of the in-place arguments) and compares outputs and updated states; beyond tolerance
-    the reference results are used (copied into the in-place arguments) and the module goes back
-    to the reference path after this call.
-    """
-    backend = state.backend(family)
-    name = fn.__name__
-    record_call(family, fn, args, kwargs, backend, mutable)
-    if not state.active:  # verify rejected an op earlier in this very call: finish it on the reference path
-        return fn(*args, backend="reference", **kwargs)
-    if not state.verify or name in state.verified:
-        return fn(*args, backend=backend, **kwargs)
-    state.verified.add(name)
-    r_args, r_kwargs, clones = _clone_mutable(args, kwargs, mutable)
-    reference = fn(*r_args, backend="reference", **r_kwargs)
-    patched = fn(*args, backend=backend, **kwargs)
-    originals = {k: (args[k] if isinstance(k, int) else kwargs[k]) for k in clones}
-    got = [patched, *originals.values()]
-    want = [reference, *clones.values()]
-    if verify_outputs(state, name, got, want, dtype=input_dtype(args, kwargs)):
-        return patched
-    for key, clone in clones.items():
-        originals[key].copy_(clone)
-    # results that alias a clone (an in-place final state) must alias the caller's tensor instead
-    swap = {id(c): originals[k] for k, c in clones.items()}
-    if isinstance(reference, tuple):
-        return tuple(swap.get(id(r), r) if isinstance(r, torch.Tensor) else r for r in reference)
-    return swap.get(id(reference), reference)
-
-
-def _recorder() -> dict | None:
-    # torch.compile cannot trace ContextVar.get; a compiled (captured) step records nothing
-    return None if torch.compiler.is_compiling() else OP_RECORDER.get()
-
-
-def record_call(family, fn, args, kwargs, backend, mutable=(), tokens: int | None = None):
-    """Inside `record_ops()`: keep the first call of each (op, phase) for timing it later."""
-    rec = _recorder()
-    if rec is None:
-        return
-    name = fn.__name__
-    if tokens is None:
-        tokens = _PHASE_TOKENS.get()
-    if tokens is None:
-        tokens = _seq_len(name, args[0]) if args and isinstance(args[0], torch.Tensor) else -1
-    phase = "decode" if tokens == 1 else "prefill"
-    rec.setdefault((name, phase), (family, fn, args, kwargs, backend, mutable))
-
-
-def _seq_len(name: str, x: torch.Tensor) -> int:
-    # conv ops take [B, D, T]; GDN ops [B, T, H, K]; the norm [N, V] (not phase-split)
-    if name.startswith("causal_conv1d"):
-        return x.shape[-1]
-    if x.dim() == 4:
-        return x.shape[1]
-    return -1
-
-
-def _fire_hooks(module, names, pre: bool):
-    # transformers 5.15+ wraps the layer's forward in force_accelerate_hooks("conv1d"): the conv weight is
-    # used directly, so accelerate's offload hook of that child must run around the forward.
-    for name in names:
-        child = getattr(module, name, None)
-        hook = getattr(child, "_hf_hook", None)
-        if hook is not None:
-            hook.pre_forward(child) if pre else hook.post_forward(child, None)
-
+from .state import ModuleState, call_op, fire_offload_hooks, phase
 
 def _mask_padding(state: ModuleState, hidden_states, attention_mask):
     fn = state.extra.get("mask_fn")
@@ -186,15 +81,12 @@ def gdn_forward(self, state: ModuleState, hidden_states, cache_params=None, cach
             kw["cache_position"] = cache_position
         kw["cache" if "cache" in params else "cache_params"] = cache
         return state.original(hidden_states, **kw)
-    _fire_hooks(self, ("conv1d",), pre=True)
-    token = _PHASE_TOKENS.set(hidden_states.shape[1]) if _recorder() is not None else None
+    fire_offload_hooks(self, ("conv1d",), pre=True)
     try:
-        with device_guard(hidden_states):
+        with device_guard(hidden_states), phase(hidden_states.shape[1]):
             return _gdn_forward(self, state, protocol, hidden_states, cache, cache_position, attention_mask, kwargs)
     finally:
-        if token is not None:
-            _PHASE_TOKENS.reset(token)
-        _fire_hooks(self, ("conv1d",), pre=False)
+        fire_offload_hooks(self, ("conv1d",), pre=False)
 
 
 def _gdn_forward(self, state, protocol, hidden_states, cache, cache_position, attention_mask, kwargs):
@@ -214,7 +106,7 @@ def _gdn_forward(self, state, protocol, hidden_states, cache, cache_position, at
         conv_state, recurrent_state = cache.conv_states[i], cache.recurrent_states[i]
         if decode:
             mixed_qkv = call_op(state, "conv", ops.causal_conv1d_update, mixed_qkv, conv_state, weight, bias,
-                                activation, mutable=(1,))
+                                activation)
         elif state.extra.get("continue_state") and conv_state is not None and recurrent_state is not None:
             # opt-in fix of 5.2's multi-token continuation: start from the cached conv inputs and state
             full = torch.cat([conv_state.to(mixed_qkv.dtype), mixed_qkv], dim=-1)
@@ -232,7 +124,7 @@ def _gdn_forward(self, state, protocol, hidden_states, cache, cache_position, at
         recurrent_state = cache.get_recurrent_state(i)
         if conv_state is not None and T == 1 and not cache.is_recording_past(i):
             mixed_qkv = call_op(state, "conv", ops.causal_conv1d_update, mixed_qkv, conv_state, weight, bias,
-                                activation, mutable=(1,))
+                                activation)
         else:
             mixed_qkv = cache.update_conv_state(mixed_qkv, i, conv_kernel_size=W)
             mixed_qkv = call_op(state, "conv", ops.causal_conv1d_fn, mixed_qkv, weight, bias, activation=activation)
@@ -260,7 +152,7 @@ def _gdn_forward(self, state, protocol, hidden_states, cache, cache_position, at
         core, final_state = call_op(
             state, "gdn", ops.fused_recurrent_gated_delta_rule_with_gating, query, key, value, a, b, self.A_log,
             self.dt_bias, initial_state=initial_state, output_final_state=want_state, use_qk_l2norm_in_kernel=True,
-            cu_seqlens=cu_seqlens, inplace_final_state=inplace, mutable=("initial_state",) if inplace else (),
+            cu_seqlens=cu_seqlens, inplace_final_state=inplace,
         )
     else:
         g, beta = call_op(state, "gdn", ops.gdn_gating, self.A_log, a, self.dt_bias, b)

@@ -35,7 +35,7 @@ BACKEND_ATTR = "interns2_fast_backend"
 EXPERTS_IMPLEMENTATION = "interns2_fast"
 
 
-def _backend(module: torch.nn.Module, backend: str | None) -> str:
+def _backend(module: torch.nn.Module, backend: str | None, op: str) -> str:
     if backend is not None:
         return backend
     chosen = getattr(module, BACKEND_ATTR, None)
@@ -45,8 +45,16 @@ def _backend(module: torch.nn.Module, backend: str | None) -> str:
 
     st = get_state(module)
     if st is not None:
-        return st.backends.get("moe", "auto")
+        return st.backends.get(op, "auto")
     return "auto"
+
+
+def _caller(module: torch.nn.Module, backend: str | None, call):
+    """`call(op, *args, **kwargs)` runs an op for these hooks: the patching runtime's `call_op` when a
+    patched module calls them, else a plain call on the chosen backend."""
+    if call is not None:
+        return call
+    return lambda op, *args, **kwargs: op(*args, backend=_backend(module, backend, op.name), **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -60,7 +68,7 @@ def experts_forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor
     if getattr(self, "has_bias", False) or getattr(self, "is_transposed", False):
         raise NotImplementedError("interns2_fast experts: biased or transposed expert weights are not supported")
     return ops.moe_experts(hidden_states, top_k_index, top_k_weights, self.gate_up_proj, self.down_proj,
-                           backend=_backend(self, None))
+                           backend=_backend(self, None, "moe_experts"))
 
 
 def register_experts_implementation(name: str = EXPERTS_IMPLEMENTATION) -> str:
@@ -110,17 +118,15 @@ def router_semantics(router: torch.nn.Module, original=None) -> bool:
 
 
 def router_forward(router: torch.nn.Module, hidden_states: torch.Tensor, *, backend: str | None = None,
-                   slot0_is_probs: bool | None = None, trace=None):
+                   slot0_is_probs: bool | None = None, call=None):
     """What the installed router's forward returns, computed by `ops.moe_route`:
     (probs fp32 | logits, top-k weights in that slot's dtype, top-k ids int64). A router with
-    `norm_topk_prob=False` (a Qwen3-Next option) skips the renormalisation. `trace(fn, args,
-    kwargs)`, when given, sees the op call before it runs (the demo's per-op timing)."""
-    backend = _backend(router, backend)
+    `norm_topk_prob=False` (a Qwen3-Next option) skips the renormalisation. `call(op, *args,
+    **kwargs)`, when given, runs the op (the patching runtime passes its `call_op`)."""
+    call = _caller(router, backend, call)
     hidden = hidden_states.reshape(-1, router.weight.shape[1])
-    kwargs = dict(renormalize=bool(getattr(router, "norm_topk_prob", True)))
-    if trace is not None:
-        trace(ops.moe_route, (hidden, router.weight, router.top_k), kwargs)
-    logits, weights, ids = ops.moe_route(hidden, router.weight, router.top_k, backend=backend, **kwargs)
+    logits, weights, ids = call(ops.moe_route, hidden, router.weight, router.top_k,
+                                renormalize=bool(getattr(router, "norm_topk_prob", True)))
     if slot0_is_probs is None:
         slot0_is_probs = router_semantics(router)
     first = torch.softmax(logits, dim=-1, dtype=torch.float32) if slot0_is_probs else logits
@@ -132,22 +138,22 @@ def router_forward(router: torch.nn.Module, hidden_states: torch.Tensor, *, back
 
 
 def sparse_moe_block_forward(block: torch.nn.Module, hidden_states: torch.Tensor, *,
-                             backend: str | None = None, trace=None) -> torch.Tensor:
+                             backend: str | None = None, call=None) -> torch.Tensor:
     """The sparse-MoE block: router -> experts (+ sigmoid-gated shared expert fused into the
     combine) -> [B, L, H], as the installed block's forward returns it. The router runs through
     `router_forward`, or as a module call when it carries forward hooks (transformers records
     `output_router_logits` with them) or a patched forward. An accelerate offload hook on the
     experts child is fired around the call, since their weights are read directly."""
-    from .gdn import _fire_hooks
+    from .state import fire_offload_hooks
 
-    backend = _backend(block, backend)
+    call = _caller(block, backend, call)
     shape = hidden_states.shape
     x = hidden_states.reshape(-1, shape[-1])
     router = block.gate
     if router._forward_hooks or router._forward_pre_hooks or "forward" in vars(router):
         _, weights, ids = router(x)  # hooked (e.g. output_router_logits) or patched: keep the module call
     else:
-        _, weights, ids = router_forward(router, x, backend=backend, trace=trace)
+        _, weights, ids = router_forward(router, x, call=call)
     shared = getattr(block, "shared_expert", None)
     shared_out = shared(x) if shared is not None else None
     gate = getattr(block, "shared_expert_gate", None)
@@ -158,13 +164,10 @@ def sparse_moe_block_forward(block: torch.nn.Module, hidden_states: torch.Tensor
         if shared_out is not None:
             out = out + (F.sigmoid(shared_gate) * shared_out if shared_gate is not None else shared_out)
         return out.reshape(shape)
-    _fire_hooks(block, ("experts",), pre=True)
+    fire_offload_hooks(block, ("experts",), pre=True)
     try:
-        args = (x, ids, weights, experts.gate_up_proj, experts.down_proj)
-        kwargs = dict(shared_expert_output=shared_out, shared_expert_gate=shared_gate)
-        if trace is not None:
-            trace(ops.moe_experts, args, kwargs)
-        out = ops.moe_experts(*args, backend=backend, **kwargs)
+        out = call(ops.moe_experts, x, ids, weights, experts.gate_up_proj, experts.down_proj,
+                   shared_expert_output=shared_out, shared_expert_gate=shared_gate)
     finally:
-        _fire_hooks(block, ("experts",), pre=False)
+        fire_offload_hooks(block, ("experts",), pre=False)
     return out.reshape(shape)

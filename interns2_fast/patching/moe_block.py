@@ -9,32 +9,26 @@ No host synchronisation: routing and the expert combine have static shapes.
 """
 from __future__ import annotations
 
+import functools
+
 from ..device import device_guard
 from . import moe
-from .gdn import record_call
-from .state import ModuleState, get_state, verified_module_call
-
-
-def _tracer(backend: str, tokens: int):
-    return lambda fn, args, kwargs: record_call("moe", fn, args, kwargs, backend, tokens=tokens)
+from .state import ModuleState, call_op, get_state, phase, verified_module_call
 
 
 def router_impl(router, state: ModuleState, hidden_states):
     def run(m, h):
-        backend = state.backend("moe")
-        with device_guard(h):
-            return moe.router_forward(m, h, backend=backend, slot0_is_probs=state.extra["slot0_is_probs"],
-                                      trace=_tracer(backend, h.reshape(-1, h.shape[-1]).shape[0]))
+        with device_guard(h), phase(h.reshape(-1, h.shape[-1]).shape[0]):
+            return moe.router_forward(m, h, slot0_is_probs=state.extra["slot0_is_probs"],
+                                      call=functools.partial(call_op, state, "moe"))
 
     return verified_module_call(router, state, run, hidden_states)
 
 
 def block_impl(block, state: ModuleState, hidden_states, *args, **kwargs):
     def run(m, h):
-        backend = state.backend("moe")
-        with device_guard(h):
-            return moe.sparse_moe_block_forward(m, h, backend=backend,
-                                                trace=_tracer(backend, h.reshape(-1, h.shape[-1]).shape[0]))
+        with device_guard(h), phase(h.reshape(-1, h.shape[-1]).shape[0]):
+            return moe.sparse_moe_block_forward(m, h, call=functools.partial(call_op, state, "moe"))
 
     return verified_module_call(block, state, run, hidden_states)
 

@@ -1,4 +1,4 @@
-"""Per-instance patch state, forward installation and verify-mode plumbing.
+"""The patching runtime: per-instance state, forward installation, op calls, verify mode, recording.
 
 Design: `patch()` replaces the `forward` of each matched module INSTANCE (an instance attribute
 shadowing the class method; under accelerate's device hooks the hooked `_old_forward` slot is
@@ -9,15 +9,23 @@ up at call time: the patched forward never reaches those globals, it calls `inte
 `unpatch()` puts the previous slot content back (or deletes the instance attribute), after which
 the module runs the unchanged transformers code: outputs are bit-identical to before patching.
 
-Each patched module carries a `ModuleState` in `module._interns2_fast`; the patched forward reads
-it on every call (so a second `patch()` just updates backends/verify settings in place).
+The installed forward is a `PatchedForward` object, not a closure: it holds the module and a
+module-level function, so `copy.deepcopy(model)` rebinds it to the copy (the copy computes with its
+own weights) and `torch.save(model)` / pickle store it by reference. Each patched module carries a
+`ModuleState` in `module._interns2_fast`; the forward reads it on every call (so a second `patch()`
+just updates backends/verify settings in place).
+
+Every op call of a patched forward goes through `call_op(state, family, op, ...)`: the backend the
+patch chose for that op, verify mode on the first call (the in-place arguments it clones come from
+the op's declared mutation), and `record_ops()` for the demo's per-op timing.
 """
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
-import functools
 import logging
+import types
 import warnings
 from typing import Any, Callable, Iterator
 
@@ -28,12 +36,12 @@ logger = logging.getLogger("interns2_fast")
 
 STATE_ATTR = "_interns2_fast"
 
-#: op families -> the op whose resolved backend the report names for that family
+#: op families (what `patch(ops=...)` names) -> the ops their patched forwards call
 FAMILY_OPS = {
-    "gdn": "chunk_gated_delta_rule",
-    "conv": "causal_conv1d_fn",
-    "norm": "rms_norm_gated",
-    "moe": "moe_experts",
+    "gdn": ("gdn_gating", "chunk_gated_delta_rule", "fused_recurrent_gated_delta_rule_with_gating"),
+    "conv": ("causal_conv1d_fn", "causal_conv1d_update"),
+    "norm": ("rms_norm_gated",),
+    "moe": ("moe_route", "moe_experts"),
 }
 FAMILIES = tuple(FAMILY_OPS)
 
@@ -55,13 +63,13 @@ class VerifyRecord:
 
 @dataclasses.dataclass
 class ModuleState:
+    module: nn.Module  # the patched instance (deepcopy / pickle map it to the copy)
     path: str
-    kind: str  # "gdn" | "norm" | "moe_block" | ...
-    backends: dict[str, str]  # family -> requested backend ("auto", "torch", ...); "reference" when not patched
-    original: Callable  # the forward that ran before patching (bound)
+    kind: str  # "gdn" | "norm" | "moe_router" | "moe_block"
+    backends: dict[str, str]  # op name -> backend passed to it ("auto", "torch", ...); missing: "reference"
     slot: str  # "forward" or "_old_forward" (accelerate hooks)
     had_instance_attr: bool
-    previous: Any
+    previous: Any  # the slot's instance attribute before patching (None: the class forward)
     verify: bool | str = False
     extra: dict = dataclasses.field(default_factory=dict)
     active: bool = True  # False once verify put the module back on the reference path
@@ -69,12 +77,41 @@ class ModuleState:
     verified: set = dataclasses.field(default_factory=set)  # ops / "module" already verified
     verify_log: list = dataclasses.field(default_factory=list)
 
-    def backend(self, family: str) -> str:
-        return self.backends.get(family, "reference")
+    def backend(self, op: str) -> str:
+        return self.backends.get(op, "reference")
+
+    @property
+    def original(self) -> Callable:
+        """The forward that ran before patching."""
+        if self.previous is not None:
+            return self.previous
+        return types.MethodType(type(self.module).forward, self.module)
 
     @property
     def running_patched(self) -> bool:
         return self.active and not self.suspended
+
+
+class PatchedForward:
+    """What `patch()` installs as a module's forward: `impl(module, state, *args, **kwargs)`, or the
+    original forward while the module is suspended / reverted / unpatched."""
+
+    __interns2_fast__ = True
+
+    def __init__(self, module: nn.Module, impl: Callable):
+        self.module = module
+        self.impl = impl  # a module-level function: pickled by reference
+
+    def __call__(self, *args, **kwargs):
+        st = self.module.__dict__.get(STATE_ATTR)
+        if st is None or not st.running_patched:
+            original = st.original if st is not None else type(self.module).forward.__get__(self.module)
+            return original(*args, **kwargs)
+        return self.impl(self.module, st, *args, **kwargs)
+
+    @property
+    def __wrapped__(self):  # inspect.signature(module.forward) shows the original's signature
+        return type(self.module).forward
 
 
 def get_state(module: nn.Module) -> ModuleState | None:
@@ -93,6 +130,16 @@ def _slot(module: nn.Module) -> str:
     return "forward"
 
 
+def _previous(module: nn.Module, slot: str):
+    prev = module.__dict__.get(slot)
+    # accelerate keeps the class forward bound to the module: store it as "the class forward", so that
+    # deepcopy / pickle never carry a bound method that unpickling would resolve to the hook wrapper
+    if isinstance(prev, types.MethodType) and prev.__self__ is module and \
+            prev.__func__ is type(module).forward:
+        return None
+    return prev
+
+
 def install(module: nn.Module, state_kwargs: dict, impl: Callable) -> ModuleState:
     """Replace `module`'s forward by `impl(module, state, *args, **kwargs)` (or update an existing patch)."""
     existing = get_state(module)
@@ -102,21 +149,10 @@ def install(module: nn.Module, state_kwargs: dict, impl: Callable) -> ModuleStat
         existing.extra.update(state_kwargs.get("extra", {}))
         return existing
     slot = _slot(module)
-    had = slot in module.__dict__
-    previous = module.__dict__.get(slot)
-    original = getattr(module, slot)
-    state = ModuleState(original=original, slot=slot, had_instance_attr=had, previous=previous, **state_kwargs)
-
-    @functools.wraps(getattr(type(module).forward, "__wrapped__", type(module).forward))
-    def forward(*args, **kwargs):
-        st = module.__dict__.get(STATE_ATTR)
-        if st is None or not st.running_patched:
-            return original(*args, **kwargs)
-        return impl(module, st, *args, **kwargs)
-
-    forward.__interns2_fast__ = True
+    state = ModuleState(module=module, slot=slot, had_instance_attr=slot in module.__dict__,
+                        previous=_previous(module, slot), **state_kwargs)
     module.__dict__[STATE_ATTR] = state
-    object.__setattr__(module, slot, forward)
+    object.__setattr__(module, slot, PatchedForward(module, impl))
     return state
 
 
@@ -125,7 +161,8 @@ def uninstall(module: nn.Module) -> bool:
     if state is None:
         return False
     if state.had_instance_attr:
-        object.__setattr__(module, state.slot, state.previous)
+        prev = state.previous if state.previous is not None else types.MethodType(type(module).forward, module)
+        object.__setattr__(module, state.slot, prev)
     else:
         module.__dict__.pop(state.slot, None)
     del module.__dict__[STATE_ATTR]
@@ -159,7 +196,7 @@ def _float_tensors(out) -> list[torch.Tensor]:
 
 def input_dtype(*args) -> torch.dtype | None:
     """The least precise floating dtype among the tensors in `args` (what the op computed from)."""
-    from ..numerics import _PRECISION
+    from ..compare import _PRECISION
 
     dtypes = [t.dtype for t in _float_tensors(list(args))]
     return max(dtypes, key=lambda d: _PRECISION.get(d, 1)) if dtypes else None
@@ -171,14 +208,14 @@ def verify_outputs(state: ModuleState, op: str, patched, reference, dtype: torch
     Returns True when within tolerance. On a failure the module is put back on the reference path
     (verify=True: with a warning) or VerifyError is raised (verify="strict").
     """
-    from ..numerics import compare_tensors
+    from ..compare import compare_tensors
 
     got, want = _float_tensors(patched), _float_tensors(reference)
     ok, worst_rms, worst_abs, judged = True, 0.0, 0.0, "n/a"
     if len(got) != len(want):
         ok = False
     for a, b in zip(got, want):
-        if a.shape != b.shape:
+        if a.shape != b.shape or a.dtype != b.dtype:  # a wrong shape or dtype is a wrong answer too
             ok = False
             continue
         c = compare_tensors(a, b, dtype=dtype)
@@ -194,6 +231,19 @@ def verify_outputs(state: ModuleState, op: str, patched, reference, dtype: torch
             raise VerifyError(msg)
         warnings.warn(msg + "; this module is back on the reference path", RuntimeWarning, stacklevel=3)
     return ok
+
+
+def record_failure(state: ModuleState, op: str, failure: str) -> None:
+    """verify: the patched backend raised. Record it and put the module back on the reference path
+    (verify="strict" raises VerifyError)."""
+    strict = state.verify == "strict"
+    state.verify_log.append(VerifyRecord(state.path, op, "n/a", float("inf"), float("inf"), False,
+                                         "raised" if strict else "reverted to reference"))
+    state.active = False
+    msg = f"interns2_fast verify: {state.path} ({op}) failed on its patched backend ({failure})"
+    if strict:
+        raise VerifyError(msg)
+    warnings.warn(msg + "; this module is back on the reference path", RuntimeWarning, stacklevel=3)
 
 
 def verified_module_call(module: nn.Module, state: ModuleState, patched_fn: Callable, *args, **kwargs):
@@ -218,6 +268,141 @@ def verified_module_call(module: nn.Module, state: ModuleState, patched_fn: Call
             s.suspended -= 1
         for m, hooks in hooked:
             m._forward_hooks = hooks
-    patched = patched_fn(module, *args, **kwargs)
+    try:
+        patched = patched_fn(module, *args, **kwargs)
+    except Exception as exc:  # noqa: BLE001  (verify must survive a backend that raises)
+        record_failure(state, state.kind, f"{type(exc).__name__}: {exc}")
+        return reference
     ok = verify_outputs(state, state.kind, patched, reference, dtype=input_dtype(args, kwargs))
     return patched if ok else reference
+
+
+# --- op calls of patched forwards -----------------------------------------------------------------
+
+#: when set (a dict), every op call of a patched module records its first call per (op, phase) here:
+#: the demo times the ops on the shapes a real forward produced.
+OP_RECORDER: contextvars.ContextVar[dict | None] = contextvars.ContextVar("interns2_fast_op_recorder", default=None)
+
+#: tokens per sequence of the layer call in progress (the gating and the norm cannot tell it from shapes)
+PHASE_TOKENS: contextvars.ContextVar[int | None] = contextvars.ContextVar("interns2_fast_phase", default=None)
+
+
+@contextlib.contextmanager
+def record_ops():
+    """Capture the first call of each (op, phase) made by patched modules:
+    {(op name, phase): (family, op, args, kwargs, backend)}."""
+    calls: dict = {}
+    token = OP_RECORDER.set(calls)
+    try:
+        yield calls
+    finally:
+        OP_RECORDER.reset(token)
+
+
+@contextlib.contextmanager
+def phase(tokens: int) -> Iterator[None]:
+    """Inside a patched layer's forward: the ops it calls run for `tokens` tokens per sequence."""
+    if torch.compiler.is_compiling() or OP_RECORDER.get() is None:
+        yield
+        return
+    token = PHASE_TOKENS.set(tokens)
+    try:
+        yield
+    finally:
+        PHASE_TOKENS.reset(token)
+
+
+def record_call(family: str, op, args, kwargs, backend: str, tokens: int | None = None) -> None:
+    """Inside `record_ops()`: keep the first call of each (op, phase) for timing it later."""
+    rec = OP_RECORDER.get()
+    if rec is None:
+        return
+    if tokens is None:
+        tokens = PHASE_TOKENS.get()
+    if tokens is None:
+        tokens = _seq_len(op.name, args[0]) if args and isinstance(args[0], torch.Tensor) else -1
+    rec.setdefault((op.name, "decode" if tokens == 1 else "prefill"), (family, op, args, kwargs, backend))
+
+
+def _seq_len(name: str, x: torch.Tensor) -> int:
+    # conv ops take [B, D, T]; GDN ops [B, T, H, K]; the norm [N, V] (not phase-split)
+    if name.startswith("causal_conv1d"):
+        return x.shape[-1]
+    if x.dim() == 4:
+        return x.shape[1]
+    return -1
+
+
+def clone_mutated(op, args: tuple, kwargs: dict) -> tuple[tuple, dict, dict]:
+    """Copies of a call's arguments with the tensors the op mutates (its schema's `(a!)`) cloned:
+    (args, kwargs, {name: clone})."""
+    names = op.arg_names
+    args, kwargs, clones = list(args), dict(kwargs), {}
+    for name in op.mutates:
+        i = names.index(name)
+        if i < len(args) and isinstance(args[i], torch.Tensor):
+            clones[name] = args[i] = args[i].clone()
+        elif isinstance(kwargs.get(name), torch.Tensor):
+            clones[name] = kwargs[name] = kwargs[name].clone()
+    return tuple(args), kwargs, clones
+
+
+def _mutated_originals(op, args, kwargs, names) -> dict:
+    out = {}
+    for name in names:
+        i = op.arg_names.index(name)
+        out[name] = args[i] if i < len(args) else kwargs[name]
+    return out
+
+
+def call_op(state: ModuleState, family: str, op, *args, **kwargs):
+    """Run `op` (an `interns2_fast.ops` op) for a patched module, on the backend the patch chose.
+
+    verify mode: the first call of each op in this module also runs the reference backend (on
+    copies of the arguments the op mutates) and compares outputs and updated states; beyond
+    tolerance — or when the patched backend raises or returns another dtype/shape — the reference
+    results are used (copied into the mutated arguments) and the module goes back to the reference
+    path after this call.
+    """
+    backend = state.backend(op.name)
+    if not torch.compiler.is_compiling():
+        record_call(family, op, args, kwargs, backend)
+    if not state.active:  # verify rejected an op earlier in this very call: finish it on the reference path
+        return op(*args, backend="reference", **kwargs)
+    if not state.verify or op.name in state.verified:
+        return op(*args, backend=backend, **kwargs)
+    state.verified.add(op.name)
+    r_args, r_kwargs, clones = clone_mutated(op, args, kwargs)
+    reference = op(*r_args, backend="reference", **r_kwargs)
+    originals = _mutated_originals(op, args, kwargs, clones)
+    try:
+        patched = op(*args, backend=backend, **kwargs)
+        failure = None
+    except Exception as exc:  # noqa: BLE001  (verify must survive a backend that raises)
+        patched, failure = None, f"{type(exc).__name__}: {exc}"
+        # the failed backend may have written part of a state: the reference's copy is restored below
+    got = [patched, *originals.values()]
+    want = [reference, *clones.values()]
+    if failure is None and verify_outputs(state, op.name, got, want, dtype=input_dtype(args, kwargs)):
+        return patched
+    if failure is not None:
+        record_failure(state, op.name, failure)
+    for name, clone in clones.items():
+        originals[name].copy_(clone)
+    # results that alias a clone (an in-place final state) must alias the caller's tensor instead
+    swap = {id(c): originals[n] for n, c in clones.items()}
+    if isinstance(reference, tuple):
+        return type(reference)(*(swap.get(id(r), r) if isinstance(r, torch.Tensor) else r for r in reference)) \
+            if hasattr(reference, "_fields") else tuple(swap.get(id(r), r) if isinstance(r, torch.Tensor) else r
+                                                        for r in reference)
+    return swap.get(id(reference), reference)
+
+
+def fire_offload_hooks(module: nn.Module, names, pre: bool) -> None:
+    """accelerate's offload hooks of children whose weights a patched forward reads directly (not
+    through the child's forward) must run around the forward: pre_forward loads, post_forward offloads."""
+    for name in names:
+        child = getattr(module, name, None)
+        hook = getattr(child, "_hf_hook", None)
+        if hook is not None:
+            hook.pre_forward(child) if pre else hook.post_forward(child, None)

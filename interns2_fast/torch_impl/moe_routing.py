@@ -67,7 +67,7 @@ def moe_align(topk_ids: torch.Tensor, num_experts: int, block_size: int):
     order, row = padded start + rank inside the expert, scatters for sorted_slots and its inverse,
     searchsorted for block_expert. About 20 small ops, none reading data back to the host.
     """
-    from ..ops.moe import RoutingPlan, moe_align_max_rows
+    from ..routing_plan import RoutingPlan, moe_align_max_rows
 
     dev = topk_ids.device
     i32 = torch.int32

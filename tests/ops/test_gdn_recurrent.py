@@ -25,7 +25,6 @@ from hypothesis import strategies as st
 
 from interns2_fast import ops
 import tolerance  # noqa: E402  (tests/tolerance.py)
-from interns2_fast.ops import _dispatch
 
 # triton-ascend's interpreter converts 1-element arrays to scalars the way numpy 1.25+ deprecates.
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
@@ -197,7 +196,7 @@ def test_fused_gating_equals_gating_then_recurrence(backend, dtype, inplace):
 
 
 def _chunk_backends():
-    return ["reference"] + (["torch"] if "torch" in _dispatch.registered("chunk_gated_delta_rule") else [])
+    return ["reference"] + (["torch"] if "torch" in ops.registered("chunk_gated_delta_rule") else [])
 
 
 @pytest.mark.parametrize("chunk_backend", ["reference", "torch"])

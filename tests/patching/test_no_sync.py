@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from interns2_fast import models, numerics, ops
-from interns2_fast.ops import _dispatch
+from interns2_fast.ops._registry import Backend
 from interns2_fast.patching import patch, reference_mode, unpatch
 
 
@@ -110,7 +110,7 @@ def test_patched_gdn_and_router_decode_have_no_sync_events_on_cpu(decode_setup):
 
 def test_detectors_catch_a_deliberate_item(decode_setup, monkeypatch):
     model, cache = decode_setup
-    impl = _dispatch._REGISTRY["rms_norm_gated"]["torch"]
+    impl = ops.OPS["rms_norm_gated"].backends["torch"].impl
 
     def syncing_norm(x, gate, weight, eps):
         if x.device.type != "meta":
@@ -119,7 +119,7 @@ def test_detectors_catch_a_deliberate_item(decode_setup, monkeypatch):
             x.abs().max().item()
         return impl(x, gate, weight, eps)
 
-    monkeypatch.setitem(_dispatch._REGISTRY["rms_norm_gated"], "torch", syncing_norm)
+    monkeypatch.setitem(ops.OPS["rms_norm_gated"].backends, "torch", Backend("torch", syncing_norm))
     syncs, _ = numerics.count_host_syncs(_decode_step(model, copy.deepcopy(cache), "cpu"))
     assert syncs.get("aten::item", 0) >= 1
     meta_model, meta_cache = _meta_copy(model, cache)

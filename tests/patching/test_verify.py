@@ -9,17 +9,18 @@ import pytest
 import torch
 
 from interns2_fast import models
-from interns2_fast.ops import _dispatch
+from interns2_fast import ops
+from interns2_fast.ops._registry import Backend
 from interns2_fast.patching import VerifyError, patch
 
 
 def _break(monkeypatch, op, how):
-    good = _dispatch._REGISTRY[op].get("torch") or _dispatch._REGISTRY[op]["reference"]
+    good = (ops.OPS[op].backends.get("torch") or ops.OPS[op].backends["reference"]).impl
 
-    def broken(*args, **kwargs):
-        return how(good(*args, **kwargs), *args)
+    def broken(**kwargs):
+        return how(good(**kwargs), *kwargs.values())
 
-    monkeypatch.setitem(_dispatch._REGISTRY[op], "torch", broken)
+    monkeypatch.setitem(ops.OPS[op].backends, "torch", Backend("torch", broken))
 
 
 def _scaled(out, *args):

@@ -1,0 +1,287 @@
+"""The op registry: every op of `interns2_fast.ops` is defined once, as a PyTorch custom operator.
+
+An op is declared by decorating its *validator* — a Python function whose signature is the op's
+public signature, whose docstring is its documentation and whose body checks the arguments:
+
+    @define("(Tensor x, Tensor(a!) conv_state, Tensor weight, Tensor? bias, str? activation) -> Tensor",
+            fake=_update_fake)
+    def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
+        '''Decode step ...'''
+        check_tensor(...)
+
+`define` registers `torch.ops.interns2_fast.causal_conv1d_update` with that schema (plus a trailing
+`str backend`), declares the arguments marked `(a!)` as mutated, registers `fake` as its fake/meta
+kernel, and returns an `Op`: a callable with the validator's signature plus `backend="auto"`.
+Backends attach with `@op.register("triton", supports=predicate)`; a predicate
+`supports(device, **args) -> (ok, reason)` says whether that backend takes these arguments (dims,
+widths, dtypes, ...). Whether a backend can run on a device at all (`BACKEND_DEVICE_CHECKS`) is
+checked before the op's own predicate.
+
+Calling an op:
+  1. the validator runs (clear errors naming the op);
+  2. the backend is chosen: `"auto"` takes the first backend of `device.auto_backends(device)`
+     whose checks hold, else the torch path, else the reference, logging each reason once; an
+     explicit backend that cannot take the input raises before any launch;
+  3. autograd policy: with grad enabled and any tensor argument requiring grad, the op runs its
+     reference backend directly — the installed transformers fallback, differentiable — so no
+     gradient is ever missing or wrong (`Op.backward == "reference"`);
+  4. otherwise `torch.ops.interns2_fast.<name>` runs: one node for torch.compile / fake tensors /
+     the meta device, its mutation declared in the schema.
+
+Custom ops may not return their inputs, so a backend result that *is* a mutated input (an
+in-place state) is dropped inside the op (`strip`) and handed back by the Python side (`finish`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import logging
+import re
+from typing import Any, Callable
+
+import torch
+
+from .. import device as _device
+
+logger = logging.getLogger("interns2_fast")
+
+NAMESPACE = "interns2_fast"
+_LIB = torch.library.Library(NAMESPACE, "DEF")
+
+#: Every backend name an op may register. "npu_native" wraps torch_npu's fused Ascend C operators and
+#: "pto" the csrc/ PTO kernels; neither can be measured here, so `auto` never picks them.
+BACKENDS = ("triton", "torch", "reference", "npu_native", "pto")
+
+Supports = Callable[..., "tuple[bool, str]"]
+OK = (True, "")
+
+
+def _triton_on(dev: torch.device) -> tuple[bool, str]:
+    if _device.triton_usable(dev):
+        return OK
+    return False, (f"Triton cannot launch on {dev} (triton flavour {_device.triton_flavour()!r}, interpreter "
+                   f"{'on' if _device.interpreting() else 'off'}; set TRITON_INTERPRET=1 for CPU tensors)")
+
+
+def _npu_on(dev: torch.device) -> tuple[bool, str]:
+    if dev.type == "npu" and _device.npu_available():
+        return OK
+    return False, f"needs torch_npu and an Ascend NPU tensor, got a {dev.type} tensor"
+
+
+#: Can a backend run on this device at all? (backends not listed: any device)
+BACKEND_DEVICE_CHECKS: dict[str, Callable[[torch.device], tuple[bool, str]]] = {
+    "triton": _triton_on,
+    "npu_native": _npu_on,
+}
+
+#: What `Op.backward` may say: "reference" = a grad-requiring call runs the differentiable reference.
+BACKWARD_POLICIES = ("reference",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    name: str
+    impl: Callable
+    supports: Supports | None = None
+
+
+_ARG_RE = re.compile(r"^\s*(?P<type>[A-Za-z]+(?:\([a-z]!\))?\??(?:\[\])?)\s+(?P<name>\w+)\s*$")
+_LOGGED: set = set()
+OPS: dict[str, "Op"] = {}
+
+
+def _log_once(msg: str, *args) -> None:
+    key = (msg, args)
+    if key in _LOGGED or torch.compiler.is_compiling():
+        return
+    _LOGGED.add(key)
+    logger.info(msg, *args)
+
+
+class Op:
+    """One op: schema, mutated arguments, fake kernel, backends with capability predicates."""
+
+    def __init__(self, validator: Callable, schema: str, *, fake: Callable, strip: Callable | None,
+                 finish: Callable | None, backward: str):
+        self.name = validator.__name__
+        self.__doc__ = validator.__doc__
+        self.__name__ = self.name
+        self.__qualname__ = self.name
+        self.__module__ = validator.__module__
+        self.validator = validator
+        self.signature = inspect.signature(validator)
+        args_text, self.returns = schema.rsplit("->", 1)
+        args_text = args_text.strip()
+        assert args_text[0] == "(" and args_text[-1] == ")", schema
+        parsed = [_ARG_RE.match(a) for a in args_text[1:-1].split(",")]
+        assert all(parsed), f"{self.name}: cannot parse schema {schema!r}"
+        self.arg_names = tuple(m["name"] for m in parsed)
+        assert self.arg_names == tuple(self.signature.parameters), \
+            f"{self.name}: schema arguments {self.arg_names} != signature {tuple(self.signature.parameters)}"
+        #: the arguments the op writes in place (declared `(a!)` in its schema)
+        self.mutates = tuple(m["name"] for m in parsed if "!" in m["type"])
+        self.tensor_args = tuple(m["name"] for m in parsed if m["type"].startswith("Tensor"))
+        if backward not in BACKWARD_POLICIES:
+            raise ValueError(f"{self.name}: backward must be one of {BACKWARD_POLICIES}")
+        self.backward = backward
+        self.backends: dict[str, Backend] = {}
+        self._strip, self._finish = strip, finish
+        self.schema = f"({args_text[1:-1]}, str backend) -> {self.returns.strip()}"
+        _LIB.define(self.name + self.schema)
+        _LIB.impl(self.name, self._kernel, "CompositeExplicitAutograd")
+
+        def fake_kernel(*values):
+            return fake(**dict(zip(self.arg_names, values[:-1])))
+
+        torch.library.register_fake(f"{NAMESPACE}::{self.name}", fake_kernel, lib=_LIB)
+        self.custom_op = getattr(getattr(torch.ops, NAMESPACE), self.name)
+        OPS[self.name] = self
+
+    # --- backends ---------------------------------------------------------------------------------
+    def register(self, backend: str, *, supports: Supports | None = None) -> Callable[[Callable], Callable]:
+        """Decorator: `impl(**args)` computes this op on `backend`; `supports(device, **args)` says
+        whether it can take the arguments (None: whatever the validator accepts)."""
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+
+        def decorate(impl: Callable) -> Callable:
+            self.backends[backend] = Backend(backend, impl, supports)
+            return impl
+
+        return decorate
+
+    def registered(self) -> tuple[str, ...]:
+        return tuple(b for b in BACKENDS if b in self.backends)
+
+    def check(self, backend: str, device: torch.device, args: dict) -> tuple[bool, str]:
+        """(ok, reason): can `backend` take `args` (tensors may be meta) on `device`?"""
+        if backend not in self.backends:
+            return False, f"backend {backend!r} is not implemented (have {', '.join(self.registered())})"
+        dev_check = BACKEND_DEVICE_CHECKS.get(backend)
+        if dev_check is not None:
+            ok, why = dev_check(device)
+            if not ok:
+                return ok, why
+        pred = self.backends[backend].supports
+        return OK if (pred is None or not args) else pred(device, **args)
+
+    def select(self, backend: str, device: torch.device, args: dict) -> str:
+        """The backend that will run `args` on `device` for the requested `backend`."""
+        if backend == "auto":
+            order = list(_device.auto_backends(device))
+            for fallback in ("torch", "reference"):
+                if fallback not in order:
+                    order.append(fallback)
+            reasons = []
+            for name in order:
+                if name not in self.backends:
+                    continue
+                ok, why = self.check(name, device, args)
+                if ok:
+                    if reasons:
+                        _log_once("%s: backend auto -> %s (%s)", self.name, name, "; ".join(reasons))
+                    return name
+                reasons.append(f"{name}: {why}")
+            raise ValueError(f"{self.name}: no backend can take these arguments ({'; '.join(reasons)})")
+        if backend not in BACKENDS:
+            raise ValueError(f"{self.name}: backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+        if backend not in self.backends:
+            raise NotImplementedError(f"{self.name}: backend {backend!r} is not implemented "
+                                      f"(have {', '.join(self.registered())})")
+        ok, why = self.check(backend, device, args)
+        if not ok:
+            raise ValueError(f"{self.name}: backend {backend!r} cannot take these arguments: {why}")
+        return backend
+
+    # --- calling ----------------------------------------------------------------------------------
+    def bind(self, args: tuple, kwargs: dict) -> dict:
+        """{argument name: value} of a call, defaults applied (the order of the schema)."""
+        bound = self.signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return dict(bound.arguments)
+
+    def device_of(self, values: dict) -> torch.device:
+        for name in self.tensor_args:
+            t = values[name]
+            if isinstance(t, torch.Tensor):
+                return t.device
+        return torch.device("cpu")
+
+    def needs_grad(self, values: dict) -> bool:
+        if not torch.is_grad_enabled():
+            return False
+        return any(isinstance(values[n], torch.Tensor) and values[n].requires_grad for n in self.tensor_args)
+
+    def call(self, values: dict, backend: str = "auto"):
+        """Validate, choose the backend, apply the autograd policy, run."""
+        self.validator(**values)
+        device = self.device_of(values)
+        if self.needs_grad(values):
+            _log_once("%s: an input requires grad; running the differentiable reference path", self.name)
+            return self._run_backend("reference", values, finish=True)
+        name = self.select(backend, device, values)
+        out = self.custom_op(*values.values(), name)
+        return self._finish(values, out) if self._finish is not None else out
+
+    def _run_backend(self, name: str, values: dict, *, finish: bool):
+        out = self.backends[name].impl(**values)
+        if self._strip is not None:
+            out = self._strip(values, out)
+        return self._finish(values, out) if (finish and self._finish is not None) else out
+
+    def _kernel(self, *values):
+        """The custom op's kernel (every dispatch key): run the chosen backend."""
+        *vals, backend = values
+        named = dict(zip(self.arg_names, vals))
+        out = self._run_backend(backend, named, finish=False)
+        return _no_input_aliases(out, [v for v in vals if isinstance(v, torch.Tensor)])
+
+    def __call__(self, *args, **kwargs):
+        backend = kwargs.pop("backend", "auto")
+        return self.call(self.bind(args, kwargs), backend)
+
+    def __repr__(self) -> str:
+        return f"<interns2_fast op {self.name}{self.signature} backends={self.registered()}>"
+
+    def __reduce__(self):  # ops pickle by name (they are module-level singletons)
+        return (_op_by_name, (self.name,))
+
+
+def _op_by_name(name: str) -> Op:
+    import interns2_fast.ops  # noqa: F401  (defines every op)
+
+    return OPS[name]
+
+
+def _no_input_aliases(out, inputs: list):
+    """Custom ops may not return (views of) their inputs, nor two views of one buffer: copy any
+    output that shares storage with an input or with an earlier output."""
+    seen = {t.untyped_storage().data_ptr() for t in inputs if t.device.type != "meta"}
+    seen.discard(0)
+
+    def fix(o):
+        if isinstance(o, torch.Tensor) and o.device.type != "meta":
+            ptr = o.untyped_storage().data_ptr()
+            if ptr in seen:
+                return o.clone()
+            if ptr:
+                seen.add(ptr)
+        return o
+
+    return tuple(fix(o) for o in out) if isinstance(out, (tuple, list)) else fix(out)
+
+
+def define(schema: str, *, fake: Callable, strip: Callable | None = None, finish: Callable | None = None,
+           backward: str = "reference") -> Callable[[Callable], Op]:
+    """Decorator turning a validator into an `Op` (see the module docstring)."""
+    return lambda validator: Op(validator, schema, fake=fake, strip=strip, finish=finish, backward=backward)
+
+
+def registered(op: str) -> tuple[str, ...]:
+    return OPS[op].registered()
+
+
+def resolve(op: str, backend: str, device: torch.device, args: dict | None = None) -> str:
+    """The backend `op` runs for `backend` on `device` (with `args`, its predicates are evaluated too)."""
+    return OPS[op].select(backend, device, args if args is not None else {})
