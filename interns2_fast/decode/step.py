@@ -126,6 +126,7 @@ class DecodeStep:
             self.mask[:, 0, 0, :kv_len].masked_fill_(keep, 0.0)
         self.position_ids.copy_(next_positions.reshape(self.position_ids.shape))
 
+    @torch.no_grad()
     def __call__(self) -> torch.Tensor:
         parts, cache = self.parts, self.cache
         self.mask.index_fill_(-1, cache.position, 0.0)
