@@ -25,8 +25,8 @@ transformers' loop does, in the same order, so the tokens are the same:
    `_optimize_model_for_decode` — two `set_experts_implementation` walks over every module per
    token on non-CPU devices in 5.2 — is entered once per generate() instead).
 
-On accelerators "all sequences finished?" (a host sync) is asked every `stop_check_every` tokens
-instead of every token; steps run past the finish are cut off afterwards (the tokens and scores
+On accelerators "all sequences finished?" (a host sync) is asked every `DEFERRED_STOP_CHECK` (16)
+tokens instead of every token (`DecodeSettings.stop_check_every` overrides it, on any device); steps run past the finish are cut off afterwards (the tokens and scores
 are those transformers returns). With a streamer or `return_dict_in_generate` (whose cache is
 written back from the static state) it is asked every token.
 
@@ -55,6 +55,7 @@ _HANDLED = ("_sample",)
 _HANDED_OVER = ("_beam_search", "_assisted_decoding")
 CACHE_NAMES = ("past_key_values", "cache", "cache_params")
 LENGTH_BUCKET = 64
+DEFERRED_STOP_CHECK = 16
 
 
 @dataclasses.dataclass
@@ -69,7 +70,8 @@ class DecodeSettings:
     """Per-model static-decode settings (in model.__dict__); `runtimes` is rebuilt, never copied."""
 
     mode: str = "auto"
-    stop_check_every: int = 16
+    #: tokens between "all finished?" host reads; None: every token on the CPU, DEFERRED_STOP_CHECK elsewhere
+    stop_check_every: int | None = None
     stats: dict = dataclasses.field(default_factory=lambda: {"static": 0, "handed_over": 0, "steps": 0})
     runtimes: dict = dataclasses.field(default_factory=dict, repr=False)
 
@@ -89,7 +91,7 @@ def settings_of(model) -> DecodeSettings | None:
     return getattr(model, "__dict__", {}).get(ATTR)
 
 
-def install(model, mode: bool | str = True, *, stop_check_every: int = 16) -> DecodeSettings | None:
+def install(model, mode: bool | str = True, *, stop_check_every: int | None = None) -> DecodeSettings | None:
     """Make `model.generate()` decode through the static step (`mode` False: transformers' loop)."""
     if mode is False or mode is None:
         uninstall(model)
@@ -282,8 +284,11 @@ def static_sample(model, settings: DecodeSettings, original, input_ids, logits_p
     seq = torch.empty(batch, max_length, dtype=input_ids.dtype, device=input_ids.device)
     seq[:, :cur] = input_ids
     unfinished = torch.ones(batch, dtype=torch.long, device=input_ids.device)
-    every = 1 if (streamer is not None or return_dict or input_ids.device.type == "cpu") \
-        else max(1, settings.stop_check_every)
+    every = settings.stop_check_every
+    if every is None:
+        every = 1 if input_ids.device.type == "cpu" else DEFERRED_STOP_CHECK
+    if streamer is not None or return_dict:
+        every = 1
     pending: list = []
     final = None
     settings.stats["static"] += 1
