@@ -30,6 +30,7 @@ tokens instead of every token (`DecodeSettings.stop_check_every` overrides it, o
 are those transformers returns). With a streamer or `return_dict_in_generate` (whose cache is
 written back from the static state) it is asked every token.
 
+Inside `patching.reference_mode(model)` generate() is transformers' own (loop included), silently.
 Not supported, handed to transformers' loop with a one-time note: beam search, assisted decoding,
 synced GPUs, `output_attentions` / `output_hidden_states`, continuing from a passed non-empty
 cache, training mode, attention implementations other than eager / sdpa, models whose layers are
@@ -148,6 +149,13 @@ def _passed_cache(model_kwargs):
     return None
 
 
+def _in_reference_mode(model) -> bool:
+    """Inside `patching.reference_mode(model)` generate() is transformers' own, loop included."""
+    from ..patching.state import patched_states
+
+    return any(s.suspended for s in patched_states(model))
+
+
 def _unsupported(model, parts, generation_config, synced_gpus, model_kwargs) -> str | None:
     if isinstance(parts, str):
         return parts
@@ -241,6 +249,9 @@ def _output_class_kwargs(cls, cache):
 def static_sample(model, settings: DecodeSettings, original, input_ids, logits_processor, stopping_criteria,
                   generation_config, synced_gpus=False, streamer=None, **model_kwargs):
     """transformers' `_sample` (greedy / sampling) with the decode loop on the static step."""
+    if _in_reference_mode(model):
+        return original(model, input_ids, logits_processor, stopping_criteria, generation_config,
+                        synced_gpus=synced_gpus, streamer=streamer, **model_kwargs)
     parts = find_parts(model)
     reason = _unsupported(model, parts, generation_config, synced_gpus, model_kwargs)
     if reason is not None:

@@ -269,6 +269,19 @@ def test_other_instances_and_unpatch_are_untouched(model_of):
     assert torch.equal(model.generate(ids, **kw), ref)
 
 
+def test_reference_mode_runs_transformers_loop(model_of):
+    from interns2_fast.patching import reference_mode
+
+    model = model_of("qwen3_5_moe")
+    ids, mask = prompts(3)
+    want = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False)
+    patch(model)
+    with reference_mode(model):
+        got = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False)
+    assert static_stats(model) == {"static": 0, "handed_over": 0, "steps": 0}
+    assert torch.equal(got, want)
+
+
 def test_patched_model_deepcopies_and_pickles(model_of):
     model = model_of("qwen3_5_moe")
     patch(model)
