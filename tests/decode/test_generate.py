@@ -9,6 +9,7 @@ tokens too. Every test also checks that the static loop really ran (or really ha
 import copy
 import logging
 import pickle
+import warnings
 
 import pytest
 import torch
@@ -238,18 +239,18 @@ def test_decode_mode_set_up_once_per_generate_not_per_token(model_of, monkeypatc
     monkeypatch.setattr(model, "set_experts_implementation", lambda impl: calls.append(impl), raising=False)
     kw = dict(attention_mask=mask, max_new_tokens=10, do_sample=False)
     patch(model, static_decode=False)
-    with pytest.warns(UserWarning):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "input_ids on a different device than the model"
         want = model.generate(ids, **kw)
-    transformers_calls = len(calls)
-    calls.clear()
-    patch(model)
-    with pytest.warns(UserWarning):
+        transformers_calls = len(calls)
+        calls.clear()
+        patch(model)
         got = model.generate(ids, **kw)
     assert torch.equal(got, want)
-    assert calls == ["batched_mm", "grouped_mm"]
-    assert transformers_calls >= 2
-    if not hasattr(transformers.generation.utils, "DeferredStopCheck"):  # 5.2 - 5.x: per token
-        assert transformers_calls == 2 * 9
+    assert len(calls) == 2  # to batched_mm and back, once
+    # 5.2 walks twice per decode step (9 steps); later versions moved the switch out of the loop too
+    per_step = not hasattr(transformers.generation.utils, "DeferredStopCheck")
+    assert transformers_calls == (2 * 9 if per_step else 2)
 
 
 def test_other_instances_and_unpatch_are_untouched(model_of):
