@@ -8,11 +8,11 @@
 * `generate` — `install(model, mode)` / `uninstall(model)`: `generate()` (greedy, sampling) through
   the static step; `patch(model, static_decode=...)` calls these.
 """
-from .generate import DecodeSettings, install, runtime_for, settings_of, static_sample, uninstall
+from .generate import DecodeSettings, install, runtime_for, settings_of, static_sample, transformers_loop, uninstall
 from .graph import MODES, CompiledRunner, EagerRunner, GraphRunner, graph_api, make_runner
 from .static_cache import StaticDecodeCache, UnsupportedCache, read_cache_states
 from .step import DecodeStep, find_parts
 
-__all__ = ["DecodeSettings", "install", "uninstall", "settings_of", "runtime_for", "static_sample", "MODES",
+__all__ = ["DecodeSettings", "install", "uninstall", "transformers_loop", "settings_of", "runtime_for", "static_sample", "MODES",
            "CompiledRunner", "EagerRunner", "GraphRunner", "graph_api", "make_runner", "StaticDecodeCache",
            "UnsupportedCache", "read_cache_states", "DecodeStep", "find_parts"]

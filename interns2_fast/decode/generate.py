@@ -112,6 +112,17 @@ def uninstall(model) -> bool:
     return getattr(model, "__dict__", {}).pop(ATTR, None) is not None
 
 
+@contextlib.contextmanager
+def transformers_loop(model):
+    """Inside this block `model.generate()` runs transformers' own decode loop (the patched modules stay)."""
+    settings = getattr(model, "__dict__", {}).pop(ATTR, None)
+    try:
+        yield
+    finally:
+        if settings is not None:
+            model.__dict__[ATTR] = settings
+
+
 def _install_class_dispatch(cls) -> None:
     for name in _HANDLED + _HANDED_OVER:
         current = cls.__dict__.get(name)
