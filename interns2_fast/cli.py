@@ -10,11 +10,12 @@ def _cmd_info(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from . import device, ops
+    from . import device, ops, pto
 
     info = device.describe()
+    info["pto"] = pto.state()  # the csrc/ PTO kernels: built or not, CPU simulator / NPU (unverified)
     if args.json:
-        info["ops"] = {op: list(ops.registered(op)) for op in ops.__all__ if op not in ("BACKENDS", "registered", "resolve")}
+        info["ops"] = {name: list(op.registered()) for name, op in ops.OPS.items()}
         print(json.dumps(info, indent=2))
         return 0
     console = Console()

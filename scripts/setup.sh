@@ -27,3 +27,6 @@ else
   "${PIP[@]}" install "$TRANSFORMERS_REQ"
 fi
 "$VENV/bin/python" -c "import transformers, torch; print(f'[setup] torch {torch.__version__}, transformers {transformers.__version__}')"
+# The PTO kernels of csrc/ on PTO-ISA's CPU simulator (backend="pto"), when clang++ >= 15 and the
+# PTO-ISA headers are found; skipped with a note otherwise. Up to date -> instant.
+"$VENV/bin/python" "$ROOT/csrc/build.py" --if-available || echo "[setup] WARNING: the csrc/ PTO build failed (backend='pto' unavailable)"

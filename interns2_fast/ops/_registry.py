@@ -69,10 +69,18 @@ def _npu_on(dev: torch.device) -> tuple[bool, str]:
     return False, f"needs torch_npu and an Ascend NPU tensor, got a {dev.type} tensor"
 
 
+def _pto_on(dev: torch.device) -> tuple[bool, str]:
+    from .. import pto
+
+    why = pto.device_problem(dev)
+    return OK if why is None else (False, why)
+
+
 #: Can a backend run on this device at all? (backends not listed: any device)
 BACKEND_DEVICE_CHECKS: dict[str, Callable[[torch.device], tuple[bool, str]]] = {
     "triton": _triton_on,
     "npu_native": _npu_on,
+    "pto": _pto_on,
 }
 
 #: What `Op.backward` may say: "reference" = a grad-requiring call runs the differentiable reference.
@@ -103,7 +111,7 @@ class Op:
     """One op: schema, mutated arguments, fake kernel, backends with capability predicates."""
 
     def __init__(self, validator: Callable, schema: str, *, fake: Callable, strip: Callable | None,
-                 finish: Callable | None, backward: str):
+                 finish: Callable | None, backward: str, grad_path: Callable | None = None):
         self.name = validator.__name__
         self.__doc__ = validator.__doc__
         self.__name__ = self.name
@@ -126,15 +134,26 @@ class Op:
             raise ValueError(f"{self.name}: backward must be one of {BACKWARD_POLICIES}")
         self.backward = backward
         self.backends: dict[str, Backend] = {}
-        self._strip, self._finish = strip, finish
-        self.schema = f"({args_text[1:-1]}, str backend) -> {self.returns.strip()}"
+        self._strip, self._finish, self._grad_path = strip, finish, grad_path
+        # Optional results (`Tensor?`) are declared `Tensor` and carried as an empty uint8 sentinel:
+        # functionalization (torch.compile) rejects optional results of ops that mutate.
+        returns = self.returns.strip()
+        parts = [r.strip() for r in (returns[1:-1] if returns.startswith("(") else returns).split(",")]
+        self._optional = tuple(i for i, r in enumerate(parts) if r == "Tensor?")
+        plain = ", ".join("Tensor" if r == "Tensor?" else r for r in parts)
+        self.schema = f"({args_text[1:-1]}, str backend) -> {f'({plain})' if len(parts) > 1 else plain}"
         _LIB.define(self.name + self.schema)
         _LIB.impl(self.name, self._kernel, "CompositeExplicitAutograd")
 
         def fake_kernel(*values):
-            return fake(**dict(zip(self.arg_names, values[:-1])))
+            named = dict(zip(self.arg_names, values[:-1]))
+            return self._to_sentinels(fake(**named), self.device_of(named))
 
         torch.library.register_fake(f"{NAMESPACE}::{self.name}", fake_kernel, lib=_LIB)
+        # Tensors on the meta device run the chosen backend itself (on meta), not the fake kernel: that
+        # is how the tests prove a backend never reads a value back to the host. FakeTensors (torch.compile,
+        # shape propagation) use `fake`.
+        _LIB.impl(self.name, self._kernel, "Meta")
         self.custom_op = getattr(getattr(torch.ops, NAMESPACE), self.name)
         OPS[self.name] = self
 
@@ -219,10 +238,24 @@ class Op:
         device = self.device_of(values)
         if self.needs_grad(values):
             _log_once("%s: an input requires grad; running the differentiable reference path", self.name)
+            if self._grad_path is not None:
+                return self._grad_path(self.backends["reference"].impl, values)
             return self._run_backend("reference", values, finish=True)
         name = self.select(backend, device, values)
-        out = self.custom_op(*values.values(), name)
+        out = self._from_sentinels(self.custom_op(*values.values(), name))
         return self._finish(values, out) if self._finish is not None else out
+
+    def _to_sentinels(self, out, device):
+        if not self._optional:
+            return out
+        return tuple(torch.empty(0, dtype=torch.uint8, device=device) if (i in self._optional and o is None) else o
+                     for i, o in enumerate(out))
+
+    def _from_sentinels(self, out):
+        if not self._optional:
+            return out
+        return tuple(None if (i in self._optional and o.dtype == torch.uint8 and o.numel() == 0) else o
+                     for i, o in enumerate(out))
 
     def _run_backend(self, name: str, values: dict, *, finish: bool):
         out = self.backends[name].impl(**values)
@@ -235,7 +268,8 @@ class Op:
         *vals, backend = values
         named = dict(zip(self.arg_names, vals))
         out = self._run_backend(backend, named, finish=False)
-        return _no_input_aliases(out, [v for v in vals if isinstance(v, torch.Tensor)])
+        out = _no_input_aliases(out, [v for v in vals if isinstance(v, torch.Tensor)])
+        return self._to_sentinels(out, self.device_of(named))
 
     def __call__(self, *args, **kwargs):
         backend = kwargs.pop("backend", "auto")
@@ -263,7 +297,8 @@ def _no_input_aliases(out, inputs: list):
     def fix(o):
         if isinstance(o, torch.Tensor) and o.device.type != "meta":
             ptr = o.untyped_storage().data_ptr()
-            if ptr in seen:
+            # a view into a larger buffer is copied too: outputs own their storage, as fake kernels say
+            if ptr in seen or o.storage_offset() or o.untyped_storage().nbytes() > o.numel() * o.element_size():
                 return o.clone()
             if ptr:
                 seen.add(ptr)
@@ -273,9 +308,12 @@ def _no_input_aliases(out, inputs: list):
 
 
 def define(schema: str, *, fake: Callable, strip: Callable | None = None, finish: Callable | None = None,
-           backward: str = "reference") -> Callable[[Callable], Op]:
-    """Decorator turning a validator into an `Op` (see the module docstring)."""
-    return lambda validator: Op(validator, schema, fake=fake, strip=strip, finish=finish, backward=backward)
+           backward: str = "reference", grad_path: Callable | None = None) -> Callable[[Callable], Op]:
+    """Decorator turning a validator into an `Op` (see the module docstring). `grad_path(reference,
+    args)`, when given, is how a grad-requiring call runs the reference (e.g. without an in-place
+    update that autograd would reject)."""
+    return lambda validator: Op(validator, schema, fake=fake, strip=strip, finish=finish, backward=backward,
+                                grad_path=grad_path)
 
 
 def registered(op: str) -> tuple[str, ...]:

@@ -58,7 +58,7 @@ def _check_gating(op, A_log, a, dt_bias, b):
     if a.dim() < 1 or a.shape[-1] != Hv:
         raise ValueError(f"{op}: a and b must end in the head axis of size {Hv} (= len(A_log)), got a "
                          f"{list(a.shape)}")
-    check_tensor(op, "dt_bias", dt_bias, ndim=1, shape=(Hv,))
+    check_tensor(op, "dt_bias", dt_bias, shape=(Hv,))
     check_tensor(op, "b", b, shape=tuple(a.shape))
     check_same_device(op, A_log=A_log, a=a, dt_bias=dt_bias, b=b)
 
@@ -127,6 +127,19 @@ def _return_inplace_state(args, out):
     return o, (None if s.numel() == 0 else s)
 
 
+def _grad_without_inplace(reference_impl, args):
+    """With grad: the reference computes the final state out of place (autograd forbids updating a
+    tensor it saved), then the caller's state gets its value; the returned state is the
+    differentiable one."""
+    if not args["inplace_final_state"]:
+        return reference_impl(**args)
+    o, s = reference_impl(**{**args, "initial_state": args["initial_state"].clone(), "inplace_final_state": False,
+                             "output_final_state": True})
+    with torch.no_grad():
+        args["initial_state"].copy_(s)
+    return o, s
+
+
 def _recurrent_fake(q, v, initial_state, cu_seqlens, output_final_state, inplace_final_state, **_):
     o, s = _gdn_fake(q, v, initial_state, cu_seqlens, output_final_state or inplace_final_state,
                      inplace=inplace_final_state)
@@ -135,7 +148,8 @@ def _recurrent_fake(q, v, initial_state, cu_seqlens, output_final_state, inplace
 
 @define(f"({_GDN_ARGS.replace('Tensor? initial_state', 'Tensor(a!)? initial_state')}, "
         "bool inplace_final_state) -> (Tensor, Tensor)",
-        fake=_recurrent_fake, strip=_drop_inplace_state, finish=_return_inplace_state)
+        fake=_recurrent_fake, strip=_drop_inplace_state, finish=_return_inplace_state,
+        grad_path=_grad_without_inplace)
 def fused_recurrent_gated_delta_rule(q, k, v, g, beta, *, scale=None, initial_state=None, output_final_state=False,
                                      use_qk_l2norm_in_kernel=False, cu_seqlens=None, inplace_final_state=False):
     """Token-by-token (decode) gated delta rule; same arguments as `chunk_gated_delta_rule`.
@@ -203,7 +217,8 @@ def _gating_triton(**kw):
 @define("(Tensor q, Tensor k, Tensor v, Tensor a, Tensor b, Tensor A_log, Tensor dt_bias, float? scale, "
         "Tensor(a!)? initial_state, bool output_final_state, bool use_qk_l2norm_in_kernel, "
         "bool inplace_final_state, Tensor? cu_seqlens) -> (Tensor, Tensor)",
-        fake=_recurrent_fake, strip=_drop_inplace_state, finish=_return_inplace_state)
+        fake=_recurrent_fake, strip=_drop_inplace_state, finish=_return_inplace_state,
+        grad_path=_grad_without_inplace)
 def fused_recurrent_gated_delta_rule_with_gating(q, k, v, a, b, A_log, dt_bias, *, scale=None, initial_state=None,
                                                  output_final_state=False, use_qk_l2norm_in_kernel=False,
                                                  inplace_final_state=False, cu_seqlens=None):
@@ -238,3 +253,19 @@ def _with_gating_triton(**kw):
     from ..kernels import gdn_recurrent
 
     return gdn_recurrent.fused_recurrent_gated_delta_rule_with_gating(**kw)
+
+
+# --- PTO (csrc/, CPU simulator; NPU build unverified; never chosen by auto) -------------------------
+
+def _pto_decode(device, q, k, v, a, b, A_log, dt_bias, cu_seqlens, **_):
+    from .. import pto
+
+    why = pto.decode_problem(q, v, cu_seqlens, k=k, a=a, b=b, A_log=A_log, dt_bias=dt_bias)
+    return OK if why is None else (False, why)
+
+
+@fused_recurrent_gated_delta_rule_with_gating.register("pto", supports=_pto_decode)
+def _with_gating_pto(**kw):
+    from .. import pto  # lazy: the csrc/ extension is optional
+
+    return pto.fused_recurrent_gated_delta_rule_with_gating(**kw)

@@ -6,6 +6,7 @@ experts only; unverified, never chosen by `auto`).
 """
 from __future__ import annotations
 
+import functools
 import operator
 
 import torch
@@ -23,7 +24,7 @@ def _index(op: str, name: str, value, low: int, high: int | None = None) -> int:
             raise TypeError
         v = operator.index(value)
     except TypeError:
-        raise TypeError(f"{op}: {name} must be an integer, got {value!r}") from None
+        raise ValueError(f"{op}: {name} must be an integer, got {value!r}") from None
     if v < low or (high is not None and v > high):
         bound = f"[{low}, {high}]" if high is not None else f">= {low}"
         raise ValueError(f"{op}: {name} must be in {bound}, got {v}")
@@ -64,8 +65,7 @@ def _int_args(fn):
             if name in kw:
                 kw[name] = operator.index(kw[name])
         return fn(**kw)
-    call.__name__ = getattr(fn, "__name__", "backend")
-    return call
+    return functools.wraps(fn)(call)
 
 
 moe_route.register("reference")(_int_args(reference.moe_route))
@@ -98,11 +98,6 @@ def _align_fake(topk_ids, num_experts, block_size):
             topk_ids.new_empty(num_experts + 1, **i32), topk_ids.new_empty(n, **i32))
 
 
-def _pow2_block(device, block_size, **_):
-    b = operator.index(block_size)
-    return OK if b & (b - 1) == 0 else (False, f"block_size must be a power of two, got {b}")
-
-
 @define("(Tensor topk_ids, int num_experts, int block_size) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
         fake=_align_fake, finish=lambda args, out: RoutingPlan(*out))
 def moe_align(topk_ids, num_experts, block_size):
@@ -127,7 +122,7 @@ def _align_torch(**kw):
     return tuple(moe_routing.moe_align(**kw))
 
 
-@moe_align.register("triton", supports=_pow2_block)
+@moe_align.register("triton")
 @_int_args
 def _align_triton(**kw):
     from ..kernels import moe_routing

@@ -47,3 +47,17 @@ def _rms_norm_gated_triton(**kw):
     from ..kernels import norm_gated as kernel  # lazily: importing interns2_fast never needs Triton
 
     return kernel.rms_norm_gated(**kw)
+
+
+def _pto_norm(device, x, gate, weight, **_):
+    from .. import pto
+
+    why = pto.norm_problem(x, gate, weight)
+    return OK if why is None else (False, why)
+
+
+@rms_norm_gated.register("pto", supports=_pto_norm)
+def _rms_norm_gated_pto(**kw):
+    from .. import pto  # lazy: the csrc/ extension is optional (CPU simulator / unverified NPU build)
+
+    return pto.rms_norm_gated(**kw)

@@ -307,10 +307,10 @@ def test_triton_rejects_wide_kernels_and_seq_idx_with_initial_states():
     x = torch.randn(1, 8, 5)
     with pytest.raises(ValueError, match="W <= 8"):
         ops.causal_conv1d_fn(x, torch.randn(8, 9), backend="triton")
-    with pytest.raises(NotImplementedError, match="seq_idx"):
+    with pytest.raises(ValueError, match="seq_idx together with initial_states"):
         ops.causal_conv1d_fn(x, torch.randn(8, 4), seq_idx=torch.zeros(1, 5, dtype=torch.int32),
                              initial_states=torch.randn(1, 8, 3), backend="triton")
-    with pytest.raises(NotImplementedError, match="seq_idx"):
+    with pytest.raises(ValueError, match="seq_idx together with initial_states"):
         ops.causal_conv1d_fn(x, torch.randn(8, 4), seq_idx=torch.zeros(1, 5, dtype=torch.int32),
                              initial_states=torch.randn(1, 8, 3), backend="torch")
 
