@@ -4,7 +4,7 @@
 # and the benchmark suites in bf16 at full Intern-S2 sizes against the public alternatives (fla,
 # causal-conv1d, transformers' grouped_mm), and write tables, JSON and the plot under $OUT.
 #
-#   scripts/gpu_bench.sh [all|tests|ops|e2e|counts] ...   (default: all = tests ops e2e counts)
+#   scripts/gpu_bench.sh [all|tests|ops|e2e|counts|decode] ...   (default: all = tests ops e2e counts decode)
 #
 # Stages run in the order given, after a one-time setup per machine; a failing stage does not stop
 # the next. Every stage works in $GPU_BENCH_RUN (default /tmp/interns2_gpu_run, kept while the
@@ -15,6 +15,7 @@
 # time, so split the run over two commands on the same warm machine:
 #   scripts/gpu_bench.sh tests ops        # ~5-8 min on an H100
 #   scripts/gpu_bench.sh e2e counts       # ~4-6 min
+#   scripts/gpu_bench.sh decode           # static decode: graph replay vs eager step vs generate(), B = 1, 8
 #
 # Preparing the wheels (on a machine WITH network access, in the repo root; see benchmarks/README.md):
 #   echo /.whl/ >> .git/info/exclude
@@ -61,7 +62,7 @@ alt_path() { echo "$ALT_SITE:$SITE${PYTHONPATH:+:$PYTHONPATH}"; }
 
 timeout_for() {  # stage -> seconds
   if [ -n "${STAGE_TIMEOUT:-}" ]; then echo "$STAGE_TIMEOUT"; return; fi
-  case "$1" in tests) echo 180 ;; ops) echo 330 ;; e2e) echo 300 ;; *) echo 150 ;; esac
+  case "$1" in tests) echo 180 ;; ops) echo 330 ;; e2e) echo 300 ;; decode) echo 300 ;; *) echo 150 ;; esac
 }
 
 ensure_setup() {
@@ -153,6 +154,18 @@ stage_counts() {
   bench_suite counts counts "$(base_path)" "--model full --dtype bfloat16 --device cuda"
 }
 
+stage_decode() {
+  # generate() per token: transformers' loop (reference, patched) vs the static step (eager, CUDA graph)
+  log "decode loop: full-width 4 layers, bf16, B = 1, 8 -> $RUN/decode.json"
+  env -u TRITON_INTERPRET PYTHONPATH="$(base_path)" timeout "$(timeout_for decode)" \
+    "$PY" "$ROOT/benchmarks/decode_loop.py" --model full-width --device cuda --dtype bfloat16 --batch 1 8 \
+    --prompt 64 --new-tokens 33 --variants reference patched static-eager static --json "$RUN/decode.json" \
+    > "$RUN/decode.log" 2>&1
+  local rc=$?
+  tail -n 20 "$RUN/decode.log" | tee -a "$RUN/gpu_bench.log"
+  [ $rc -eq 0 ] || fail "decode loop (exit $rc; see decode.log)"
+}
+
 stage_pack() {
   # The device tool returns at most 8 files: the summary files, plus everything else in one archive.
   PYTHONPATH="$(base_path)" "$PY" - "$RUN" "$OUT" <<'PY'
@@ -187,13 +200,13 @@ PY
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(all)
 for s in "${stages[@]}"; do
-  case "$s" in all|setup|tests|ops|e2e|counts|pack) ;; *) echo "unknown stage $s (all|tests|ops|e2e|counts)"; exit 2 ;; esac
+  case "$s" in all|setup|tests|ops|e2e|counts|decode|pack) ;; *) echo "unknown stage $s (all|tests|ops|e2e|counts|decode)"; exit 2 ;; esac
 done
 ensure_setup || fail "setup"
 for s in "${stages[@]}"; do
   case "$s" in
-    all) stage_tests; stage_ops; stage_e2e; stage_counts ;;
-    tests|ops|e2e|counts) "stage_$s" ;;
+    all) stage_tests; stage_ops; stage_e2e; stage_counts; stage_decode ;;
+    tests|ops|e2e|counts|decode) "stage_$s" ;;
   esac
 done
 stage_pack
