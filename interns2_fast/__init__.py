@@ -9,6 +9,39 @@ Load-time switch: `interns2_fast.enable_auto_patch()` (every later `from_pretrai
 INTERNS2_FAST_AUTO_PATCH=1 before importing), or `interns2_fast.from_pretrained(path, **kwargs)`.
 """
 import os as _os
+import sys as _sys
+
+
+def _torch_import_failure(exc: BaseException) -> str:
+    """One sentence for an `import torch` that failed (most often a torch_npu without CANN, autoloaded)."""
+    import importlib.util
+
+    text = " ".join(str(exc).split())
+    if importlib.util.find_spec("torch_npu") is not None and ("torch_npu" in text or "backend extension" in text):
+        return ("`import torch` fails because torch autoloads torch_npu, which cannot load without CANN: install CANN "
+                "and `source /usr/local/Ascend/ascend-toolkit/set_env.sh`, or set TORCH_DEVICE_BACKEND_AUTOLOAD=0 "
+                "(then interns2_fast runs without the NPU), or `pip uninstall torch_npu`")
+    return f"`import torch` fails ({type(exc).__name__}: {text[:200]})"
+
+
+#: Running as the `interns2-fast` console script: it reports broken installs itself, in one sentence.
+_CONSOLE_SCRIPT = _os.path.basename(_sys.argv[0] if _sys.argv else "") == "interns2-fast"
+
+try:
+    import torch as _torch  # noqa: F401
+except Exception as _exc:  # noqa: BLE001
+    _message = _torch_import_failure(_exc)
+    if _CONSOLE_SCRIPT:  # no traceback: the sentence and exit status 2
+        print(f"interns2-fast: {_message}", file=_sys.stderr)
+        raise SystemExit(2) from None
+    raise ImportError(f"interns2_fast: {_message}") from _exc
+
+from . import device as _device
+
+if _device.triton_install_problem() and not _CONSOLE_SCRIPT:  # a warning, never an import failure: the PyTorch paths still work
+    import warnings as _warnings
+
+    _warnings.warn(f"interns2_fast: {_device.triton_install_problem()}", RuntimeWarning, stacklevel=2)
 
 from . import ops
 from .numerics import NumericsReport, check

@@ -23,7 +23,7 @@ def _cmd_info(args) -> int:
     table.add_column("key")
     table.add_column("value")
     for key, value in info.items():
-        table.add_row(key, str(value))
+        table.add_row(key, ("; ".join(value) or "none") if key == "problems" else str(value))
     console.print(table)
     ops_table = Table(title="ops and their registered backends (auto on CPU: torch, else reference)")
     ops_table.add_column("op")
@@ -85,10 +85,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _environment_problems() -> list[str]:
+    """Broken-install states every command reports instead of a traceback (see device.environment_problems)."""
+    from . import device
+
+    return device.environment_problems()
+
+
 def main(argv=None, *, configs=None) -> int:
     args = build_parser().parse_args(argv)
+    problems = _environment_problems()
     if args.command == "info":
-        return _cmd_info(args)
+        status = _cmd_info(args)
+        for problem in problems:
+            print(f"interns2-fast info: {problem}", file=sys.stderr)
+        return 2 if problems else status
+    if problems:  # a half-installed torch_npu or a mixed triton: one sentence each, exit 2
+        for problem in problems:
+            print(f"interns2-fast {args.command}: {problem}", file=sys.stderr)
+        return 2
     if args.command == "lower":
         return _cmd_lower(args, configs)
     if args.command == "bench":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.metadata
 import importlib.util
 import os
 
@@ -22,23 +23,88 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+#: The one command that repairs a mixed NVIDIA-triton / triton-ascend install (see `triton_install_problem`).
+TRITON_REPAIR = "pip uninstall -y triton triton-ascend && pip install --no-deps triton-ascend==3.2.0"
+
+
+def _dist_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@functools.lru_cache(maxsize=None)
+def triton_install_problem() -> str | None:
+    """One sentence on what is wrong with the installed `triton/` folder and what to run, or None.
+
+    NVIDIA's `triton` and `triton-ascend` both install the package `triton`: on x86-64,
+    `pip install torch` pulls NVIDIA's triton, and triton-ascend installed beside it overwrites
+    some of the same files and leaves the rest, so `pip check` is content and `import triton` fails
+    (`cannot import name 'Language' from 'triton.backends.compiler'`). Found from the installed
+    distributions' metadata and the backend folders on disk, without importing triton.
+    """
+    nvidia, ascend = _dist_version("triton"), _dist_version("triton-ascend")
+    backends: set[str] = set()
+    spec = importlib.util.find_spec("triton")
+    if spec is not None and spec.submodule_search_locations:
+        for root in spec.submodule_search_locations:
+            folder = os.path.join(root, "backends")
+            if os.path.isdir(folder):
+                backends |= {d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d))
+                             and not d.startswith("__")}
+    if (nvidia and ascend) or ("ascend" in backends and backends & {"nvidia", "amd"}):
+        found = ", ".join(x for x in (f"triton {nvidia}" if nvidia else "", f"triton-ascend {ascend}" if ascend else "")
+                          if x) or "files of both"
+        return (f"NVIDIA triton and triton-ascend are installed into the same `triton/` folder ({found}; on x86-64 "
+                f"`pip install torch` pulls NVIDIA triton), so `import triton` breaks: run `{TRITON_REPAIR}`")
+    return None
+
+
 @functools.lru_cache(maxsize=None)
 def triton_flavour() -> str | None:
-    """'ascend' for triton-ascend, 'nvidia' for upstream Triton, None when Triton is absent."""
-    if importlib.util.find_spec("triton") is None:
+    """'ascend' for triton-ascend, 'nvidia' for upstream Triton, None when Triton is absent or broken
+    (a mixed NVIDIA / Ascend install, see `triton_install_problem`)."""
+    if importlib.util.find_spec("triton") is None or triton_install_problem() is not None:
         return None
-    if importlib.util.find_spec("triton.backends.ascend") is not None:
-        return "ascend"
-    return "nvidia"
+    try:
+        ascend = importlib.util.find_spec("triton.backends.ascend") is not None  # imports triton itself
+    except Exception:  # noqa: BLE001  (a triton/ folder that cannot be imported: no usable Triton)
+        return None
+    return "ascend" if ascend else "nvidia"
+
+
+_NPU_PROBLEM: list[str] = []
 
 
 @functools.lru_cache(maxsize=None)
 def npu_available() -> bool:
+    """True when torch_npu loads and sees an NPU. A torch_npu that cannot load (installed without
+    CANN, or CANN's `set_env.sh` not sourced) gives False; the cause is kept for `npu_problem()`."""
     if importlib.util.find_spec("torch_npu") is None:
         return False
-    import torch_npu  # noqa: F401  (registers torch.npu)
+    try:
+        import torch_npu  # noqa: F401  (registers torch.npu)
 
-    return bool(torch.npu.is_available())
+        return bool(torch.npu.is_available())  # type: ignore[attr-defined]
+    except Exception as exc:  # noqa: BLE001  (any failure of a half-installed torch_npu)
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        _NPU_PROBLEM[:] = [
+            f"torch_npu is installed but cannot load ({type(exc).__name__}: {first}); install CANN and "
+            "`source /usr/local/Ascend/ascend-toolkit/set_env.sh`, or `pip uninstall torch_npu` to run without an NPU"
+        ]
+        return False
+
+
+def npu_problem() -> str | None:
+    """Why torch_npu is installed but unusable (one sentence), or None."""
+    npu_available()
+    return _NPU_PROBLEM[0] if _NPU_PROBLEM else None
+
+
+def environment_problems() -> list[str]:
+    """Every known broken-install state, one sentence each naming the cause and what to run."""
+    return [p for p in (triton_install_problem(), npu_problem()) if p]
 
 
 def triton_usable(device: torch.device) -> bool:
@@ -119,6 +185,7 @@ def describe() -> dict:
         import triton
 
         info["triton"] = triton.__version__
+    info["problems"] = environment_problems()
     try:
         import transformers
 

@@ -50,6 +50,9 @@ def _per_sequence(fn, q, k, v, g, beta, initial_state, cu_seqlens, **kw):
     """Run `fn` on each packed sequence of a cu_seqlens batch (the fallbacks do not take cu_seqlens)."""
     outs, states = [], []
     bounds = cu_seqlens.tolist()
+    from .ops._validate import check_cu_seqlens_values
+
+    check_cu_seqlens_values("gated_delta_rule[reference]", bounds, q.shape[1])
     for n, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
         h0 = None if initial_state is None else initial_state[n : n + 1]
         o, s = fn(q[:, start:end], k[:, start:end], v[:, start:end], g[:, start:end], beta[:, start:end], h0, **kw)

@@ -19,6 +19,89 @@ class UserError(Exception):
     """A problem with what the user asked for: reported as one sentence, exit status 2."""
 
 
+# --- argument validation (argparse types: a bad value is one sentence and exit status 2) -----------
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expects a positive integer, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expects an integer >= 0, got {value}")
+    return value
+
+
+def prompt_text(text: str) -> str:
+    """argparse type: a non-empty prompt (an empty one gives no token to predict from)."""
+    import argparse
+
+    if text == "":
+        raise argparse.ArgumentTypeError("expects non-empty text, got an empty prompt")
+    return text
+
+
+def one_line_errors(parser):
+    """Make `parser` report a bad argument as one line, `<prog>: <message>.`, and exit with status 2
+    (argparse's default prints the whole usage block first)."""
+    def error(message):
+        parser.exit(2, f"{parser.prog}: {message.rstrip('.')}. See {parser.prog} --help.\n")
+
+    parser.error = error
+    return parser
+
+
+#: Tokenizer files AutoTokenizer loads from a local folder (named in the error for a folder without any).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                   "merges.txt", "spiece.model", "sentencepiece.bpe.model", "tokenizer.tiktoken")
+
+
+def _may_hold_a_tokenizer(path: str) -> bool:
+    """False only for a folder with no file that looks like a tokenizer's (and no remote-code tokenizer
+    in its config.json): then AutoTokenizer's own error is a misleading one (e.g. about protobuf)."""
+    import json
+
+    names = os.listdir(path)
+    if any(("token" in n or "vocab" in n or "merges" in n or n.endswith((".model", ".tiktoken"))) for n in names):
+        return True
+    try:
+        with open(os.path.join(path, "config.json")) as f:
+            return "AutoTokenizer" in (json.load(f).get("auto_map") or {})
+    except (OSError, ValueError, AttributeError):
+        return True  # let AutoTokenizer decide
+
+
+def check_attn_implementation(name: str | None) -> None:
+    """UserError for an attention implementation transformers does not register ("eager", "sdpa",
+    "flash_attention_2", "paged|sdpa", ...); Hub kernels ("org/repo") are left to transformers."""
+    if name is None or "/" in name:
+        return
+    try:
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        valid = {"eager", "paged|eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()}
+    except Exception:  # noqa: BLE001  (an older layout: transformers checks it at load time)
+        return
+    if name not in valid:
+        raise UserError(f"--attn-implementation {name!r} is not an attention implementation transformers knows; "
+                        f"expected one of {', '.join(sorted(valid))}.")
+
+
 # --- shared helpers -------------------------------------------------------------------------------
 
 def _quiet_transformers():
@@ -141,6 +224,9 @@ def _check_path(path: str) -> None:
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
+    if os.path.isdir(path) and not _may_hold_a_tokenizer(path):
+        raise UserError(f"no usable tokenizer in {path}: it has none of {', '.join(TOKENIZER_FILES[:4])} (copy the model's "
+                        "tokenizer files into the folder).")
     try:
         return AutoTokenizer.from_pretrained(path, trust_remote_code=True)
     except Exception as exc:  # noqa: BLE001  (transformers raises many kinds here)
@@ -167,6 +253,9 @@ def load_model(path: str, *, dtype="auto", device_map=None, max_memory=None, att
         return AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except ValueError as exc:
         msg = _one_line(exc)
+        if attn_implementation and "attn_implementation" in msg:
+            raise UserError(f"--attn-implementation {attn_implementation!r} is not supported for the model in {path} "
+                            f"({msg}).") from None
         if "Unrecognized configuration class" in msg or "not supported" in msg.lower():
             raise UserError(f"model type {getattr(config, 'model_type', '?')!r} in {path} is not supported as a "
                             f"causal language model ({msg}).") from None
@@ -190,6 +279,29 @@ def _chat_ids(tokenizer, prompt: str, thinking: bool | None):
                                             tokenize=True, return_dict=True, return_tensors="pt", **kwargs)
         return out["input_ids"], True
     return tokenizer(prompt, return_tensors="pt")["input_ids"], False
+
+
+def _encode(tokenizer, prompt: str, thinking, path: str, *, chat_template: bool = True):
+    """_chat_ids (or plain tokenization), with a tokenizer that fails or gives no token as a UserError."""
+    try:
+        if chat_template:
+            ids, templated = _chat_ids(tokenizer, prompt, thinking)
+        else:
+            ids, templated = tokenizer(prompt, return_tensors="pt")["input_ids"], False
+    except Exception as exc:  # noqa: BLE001  (jinja, tokenizers and transformers raise many kinds)
+        raise UserError(f"the tokenizer in {path} cannot encode the prompt {prompt!r} ({_one_line(exc)}).") from None
+    if ids.numel() == 0:
+        raise UserError(f"the tokenizer in {path} gives no tokens for the prompt {prompt!r}.")
+    return ids, templated
+
+
+def _vocab_size(model):
+    try:
+        return int(model.get_output_embeddings().weight.shape[0])
+    except Exception:  # noqa: BLE001
+        config = getattr(model, "config", None)
+        getter = getattr(config, "get_text_config", None)
+        return getattr(getter() if callable(getter) else config, "vocab_size", None)
 
 
 def _progress(console):
@@ -429,6 +541,7 @@ def cmd_check(args) -> int:
         console.print(f"built-in default model on {device} (no tokenizer: UTF-8 bytes are the token ids)")
     else:
         _check_path(args.model_path)
+        check_attn_implementation(args.attn_implementation)
         tokenizer = load_tokenizer(args.model_path)
         model = load_model(args.model_path, dtype=args.dtype, device_map=args.device_map,
                            max_memory=_parse_max_memory(args.max_memory),
@@ -436,9 +549,15 @@ def cmd_check(args) -> int:
         model.eval()
         inputs = []
         for p in prompts:
-            ids, _ = _chat_ids(tokenizer, p, False) if args.chat_template else \
-                (tokenizer(p, return_tensors="pt")["input_ids"], False)
+            ids, _ = _encode(tokenizer, p, False if args.chat_template else None, args.model_path,
+                             chat_template=args.chat_template)
             inputs.append(ids[0].tolist())
+    for p, ids in zip(prompts, inputs):
+        if not ids:
+            raise UserError(f"prompt {p!r} gives no tokens, so there is no next token to compare.")
+    vocab = _vocab_size(model)
+    if vocab is not None and args.top_k > vocab:
+        raise UserError(f"--top-k {args.top_k} is larger than the model's vocabulary ({vocab} tokens).")
     report = patch(model, ops=tuple(args.ops), backend=args.backend)
     if not report.patched:
         raise UserError("nothing in this model matches the Gated DeltaNet / gated norm / MoE structure "
@@ -471,7 +590,9 @@ def cmd_generate(args) -> int:
     console.print(_devices_table(found))
     _check_path(args.model_path)
     max_memory = _parse_max_memory(args.max_memory)
+    check_attn_implementation(args.attn_implementation)
     tokenizer = load_tokenizer(args.model_path)  # before the (slow) model load: fail fast
+    _encode(tokenizer, args.prompt, args.thinking, args.model_path)  # a prompt it cannot encode: fail fast too
     t0 = time.perf_counter()
     model = load_model(args.model_path, dtype=args.dtype, device_map=args.device_map, max_memory=max_memory,
                        attn_implementation=args.attn_implementation)
@@ -485,7 +606,7 @@ def cmd_generate(args) -> int:
         report = patch(model, backend=args.backend)
         console.print(report.summary() if report.patched else
                       "nothing to patch: no Gated DeltaNet / gated norm / MoE modules found (running unpatched)")
-    ids, templated = _chat_ids(tokenizer, args.prompt, args.thinking)
+    ids, templated = _encode(tokenizer, args.prompt, args.thinking, args.model_path)
     if not templated:
         console.print("the tokenizer has no chat template: the prompt is used as plain text")
     ids = ids.to(_input_device(model))
@@ -523,22 +644,22 @@ def add_user_commands(sub) -> None:
     from .numerics import DEFAULT_PROMPT
     from .patching.state import FAMILIES
 
-    p = sub.add_parser("demo", help="patch the built-in default model: report, numerics, identical greedy ids, "
-                                    "reference vs patched time per op family and end to end")
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p = one_line_errors(sub.add_parser("demo", help="patch the built-in default model: report, numerics, identical "
+                                                    "greedy ids, reference vs patched time per op family and end to end"))
+    p.add_argument("--max-new-tokens", type=positive_int, default=32)
     p.add_argument("--backend", default="auto")
     p.add_argument("--device", default=None, help="default: the first NPU/GPU, else the CPU")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--reps", type=int, default=5, help="timed repetitions per op")
-    p.add_argument("--e2e-reps", type=int, default=3, help="timed generations per path (best is shown)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads when running on the CPU")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--reps", type=positive_int, default=5, help="timed repetitions per op")
+    p.add_argument("--e2e-reps", type=positive_int, default=3, help="timed generations per path (best is shown)")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads when running on the CPU")
 
-    p = sub.add_parser("check", help="numerics of the patched path vs the reference path on prompts "
-                                     "(top-k next tokens side by side, top-1 agreement, KL, max |Δlogit|)")
+    p = one_line_errors(sub.add_parser("check", help="numerics of the patched path vs the reference path on prompts "
+                                                     "(top-k next tokens side by side, top-1 agreement, KL, max |Δlogit|)"))
     p.add_argument("--model-path", default=None, help="model folder (default: the built-in default model)")
-    p.add_argument("--prompt", action="extend", nargs="+", metavar="TEXT",
+    p.add_argument("--prompt", action="extend", nargs="+", metavar="TEXT", type=prompt_text,
                    help=f"one or more prompts, option repeatable (default: {DEFAULT_PROMPT!r})")
-    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--top-k", type=positive_int, default=10)
     p.add_argument("--backend", default="auto")
     p.add_argument("--ops", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     p.add_argument("--device", default=None, help="device of the built-in default model")
@@ -547,17 +668,17 @@ def add_user_commands(sub) -> None:
     p.add_argument("--markdown", action="store_true", help="print the report as Markdown")
     _add_load_options(p)
 
-    p = sub.add_parser("generate", help="load a model (trust_remote_code), patch it, stream a chat reply, "
-                                        "report devices, load time and tokens/s")
+    p = one_line_errors(sub.add_parser("generate", help="load a model (trust_remote_code), patch it, stream a chat "
+                                                        "reply, report devices, load time and tokens/s"))
     p.add_argument("--model-path", required=True)
-    p.add_argument("--prompt", default=DEFAULT_PROMPT)
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--prompt", default=DEFAULT_PROMPT, type=prompt_text)
+    p.add_argument("--max-new-tokens", type=positive_int, default=256)
     think = p.add_mutually_exclusive_group()
     think.add_argument("--enable-thinking", dest="thinking", action="store_const", const=True, default=None)
     think.add_argument("--no-thinking", dest="thinking", action="store_const", const=False)
     p.add_argument("--no-patch", action="store_true", help="run transformers' own paths")
     p.add_argument("--backend", default="auto")
-    p.add_argument("--repeat", type=int, default=1, help="timed repetitions after the first generation")
+    p.add_argument("--repeat", type=non_negative_int, default=1, help="timed repetitions after the first generation")
     _add_load_options(p)
 
 

@@ -13,7 +13,8 @@ Kernels (vector-only; persistent grids of vector-core size with the task loop in
     otherwise, so that the last tile axis is the stride-1 one. The W taps are W shifted loads of
     the tile; positions before t = 0 read `initial_states` (or zeros); with `seq_idx` a tap never
     reads across a change of sequence. The task holding a row's last T tile also writes the final
-    states (the last W-1 inputs) when asked.
+    states (the last W-1 inputs) when asked. seq_idx < 0 marks padding: its outputs are zeros and it
+    never enters the final states.
   * `_conv1d_update_kernel` — decode. One task per (batch, D tile): reads the old state and x,
     writes out[:, :, t] for the T new steps, then the new state (the last S inputs of
     cat(state, x), what the causal-conv1d package and the fallback leave there). Every load of
@@ -137,6 +138,8 @@ def _conv1d_fwd_kernel(
         acc = round_to(acc, w_ty, EMULATE)
         if SILU:
             acc = round_to(acc / (1.0 + tl.exp(-acc)), w_ty, EMULATE)
+        if HAS_SEQ:  # seq_idx < 0 marks padding: zeros there (as the causal-conv1d package)
+            acc = tl.where(seq_t >= 0, acc, 0.0)
         if CHANNEL_LAST:
             oo = ar_t[:, None] * sot + ar_d[None, :] * sod
         else:
@@ -164,7 +167,7 @@ def _conv1d_fwd_kernel(
                     seq_row = seq_ptr + b64 * ssb
                     seq_last = tl.load(seq_row + tl.cast(T - 1, tl.int64) * sst)
                     seq_p = tl.load(seq_row + tl.cast(pp, tl.int64) * sst, mask=(pp >= 0) & (jj < W - 1), other=0)
-                    fv = tl.where(seq_p == seq_last, fv, 0.0)
+                    fv = tl.where((seq_p == seq_last) & (seq_p >= 0), fv, 0.0)
                 if HAS_INIT:
                     irow = init_ptr + b64 * sib + d064 * sid
                     iv = tl.load(irow + (pp + (W - 1)) * sik + od_f * sid, mask=mf & (pp < 0), other=0.0)

@@ -34,6 +34,7 @@ import triton
 import triton.language as tl
 
 from interns2_fast.device import device_guard, persistent_grid
+from interns2_fast.cu_seqlens import check_cu_seqlens_values
 
 from . import LoweringConfig
 
@@ -64,8 +65,10 @@ def _gdn_chunk_prep_kernel(
         i_hk = task % HK
         i_n = tl.load(chunks_ptr + 2 * i_c)
         i_t = tl.load(chunks_ptr + 2 * i_c + 1)
-        eos = tl.load(cu_ptr + i_n + 1)
-        tok = tl.load(cu_ptr + i_n) + i_t * BT + rows
+        # offsets clamped into [0, total_t]: never an access out of bounds, whatever cu_seqlens holds
+        bos = tl.minimum(tl.maximum(tl.load(cu_ptr + i_n), 0), total_t)
+        eos = tl.minimum(tl.maximum(tl.load(cu_ptr + i_n + 1), bos), total_t)
+        tok = bos + i_t * BT + rows
         m_t = tok < eos
         tok64 = tl.cast(tok, tl.int64)
 
@@ -155,8 +158,8 @@ def _gdn_chunk_fwd_kernel(
         i_hv = i_nh % HV
         i_n = i_nh // HV
         i_hk = i_hv // G
-        bos = tl.load(cu_ptr + i_n)
-        eos = tl.load(cu_ptr + i_n + 1)
+        bos = tl.minimum(tl.maximum(tl.load(cu_ptr + i_n), 0), total_t)
+        eos = tl.minimum(tl.maximum(tl.load(cu_ptr + i_n + 1), bos), total_t)
         n_chunks = (eos - bos + BT - 1) // BT
         cv = i_v * BV + cols_v
         m_v = cv < V
@@ -270,6 +273,7 @@ def chunk_gated_delta_rule(
         N = cu_seqlens.numel() - 1
         cu = cu_seqlens.to(device=dev, dtype=torch.int32)
         bounds = cu_seqlens.tolist()  # host sync: the chunk list depends on the lengths
+        check_cu_seqlens_values(OP, bounds, TT)  # free after that sync (device tensors too)
         chunks = torch.tensor(
             [(n, c) for n in range(N) for c in range(triton.cdiv(bounds[n + 1] - bounds[n], BT))],
             dtype=torch.int32,

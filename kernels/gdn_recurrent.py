@@ -6,7 +6,8 @@ repeated) and per [K, BV] tile of the fp32 state:
 for each token of the sequence, the state tile staying on chip between tokens. The step runs as
 two reductions over the old state (S^T k, S^T q) and one fused update pass. Vector-only
 (no tl.dot) on a persistent grid over the vector cores; tasks are (sequence, value head, V tile).
-Options: q/k L2 norm in the kernel, packed sequences (cu_seqlens), initial state in, final state
+Options: q/k L2 norm in the kernel, packed sequences (cu_seqlens; offsets clamped into [0, T]),
+initial state in, final state
 out or written back in place, and the gating fused in (raw a, b, A_log, dt_bias instead of g, beta;
 beta rounded to b's dtype, as the separate gating op returns it).
 
@@ -58,8 +59,11 @@ def gdn_recurrent_kernel(
         hv64 = tl.cast(hv, tl.int64)
         hk64 = tl.cast(hk, tl.int64)
         if VARLEN:
-            bos = tl.load(cu_ptr + n64).to(tl.int32)
-            eos = tl.load(cu_ptr + n64 + 1).to(tl.int32)
+            # offsets clamped into [0, T] (and eos >= bos) before narrowing: a bad cu_seqlens on the
+            # device (not validated there, that would be a sync) never makes an access out of bounds
+            bos_raw = tl.minimum(tl.maximum(tl.load(cu_ptr + n64), 0), T)
+            bos = bos_raw.to(tl.int32)
+            eos = tl.minimum(tl.maximum(tl.load(cu_ptr + n64 + 1), bos_raw), T).to(tl.int32)
             bat = n64 * 0
             o_row = n64 * 0
         else:

@@ -1,8 +1,10 @@
 """Grouped SwiGLU expert FFNs over a routing plan, a decode path, and a deterministic combine.
 
 Weights are read as stored: `gate_up_proj [E, 2I, H]` (gate rows 0..I-1, up rows I..2I-1) and
-`down_proj [E, H, I]`; the GEMM kernels load each weight tile transposed through its strides
-([BLOCK_K, BLOCK_N] with the contiguous axis first), so no transposed copy of the weights exists.
+`down_proj [E, H, I]`; the GEMM kernels load each weight tile as stored ([BLOCK_N, BLOCK_K], stride 1
+along the reduction axis) and transpose it on chip for tl.dot, so no transposed copy of the weights
+exists. Plain pointer arithmetic only (no block pointers: NVIDIA triton 3.9 removed them; the kernels
+run on triton-ascend 3.2 and NVIDIA triton 3.6-3.9 alike).
 
 Prefill (T*k > DECODE_SLOTS), over a `RoutingPlan` (interns2_fast.ops.moe) built with
 block_size = BLOCK_M:
@@ -17,6 +19,10 @@ Decode (T*k <= DECODE_SLOTS): no plan. `_decode_gate_up_kernel` / `_decode_down_
 task per (slot, N tile) as vector GEMVs that read the selected experts' weight rows once.
 Combine (`_combine_kernel`, vector): out[t] = sum_{j=0..k-1} y[t*k + j] in that order (no
 atomics: bit-reproducible), + sigmoid(shared_gate_logit[t]) * shared_out[t] when given.
+
+Bad expert ids (outside [0, E); the ops reject them for host tensors, a device tensor is not read
+back): every kernel clamps the expert it reads weights of into [0, E), the plan leaves such slots
+out, and the combine skips them, so they contribute nothing and nothing is read out of bounds.
 
 Tiles are sized for the Ascend 192 KB Unified Buffer (see LOWERING_CONFIGS). Under the Triton
 interpreter the dot operands are cast to fp32 (bf16 tl.dot is wrong there); on a device bf16/fp16
@@ -47,9 +53,16 @@ CB_BLOCK_H = 512     # hidden columns per combine task
 
 
 @triton.jit
+def _clamp_expert(e, E):
+    """An expert id clamped into [0, E): the weight address stays in bounds whatever the id (the
+    combine drops the slots of out-of-range ids, so what a clamped id computes is never used)."""
+    return tl.minimum(tl.maximum(e, 0), E - 1)
+
+
+@triton.jit
 def _gate_up_kernel(
     x_ptr, w_ptr, inter_ptr, sorted_slots_ptr, block_expert_ptr, num_rows_ptr,
-    num_slots, num_tasks,
+    num_slots, num_tasks, E,
     H: tl.constexpr, I: tl.constexpr, K_TOP: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_FP32: tl.constexpr,
 ):
@@ -62,29 +75,33 @@ def _gate_up_kernel(
         nt = task % n_tiles
         row0 = mb * BLOCK_M
         if row0 < num_rows:
-            e64 = tl.cast(tl.load(block_expert_ptr + mb), tl.int64)
+            e64 = tl.cast(_clamp_expert(tl.load(block_expert_ptr + mb), E), tl.int64)
             rows = row0 + tl.arange(0, BLOCK_M)
             slots = tl.load(sorted_slots_ptr + rows)
-            valid = slots < num_slots
+            valid = (slots >= 0) & (slots < num_slots)
             tok64 = tl.cast(tl.where(valid, slots // K_TOP, 0), tl.int64)
             cols64 = tl.cast(nt * BLOCK_N + tl.arange(0, BLOCK_N), tl.int64)
-            w_base = w_ptr + e64 * (2 * I * H)
+            # the tile's rows of W_gate (W_up I rows further): an int64 scalar base, int32 offsets
+            w_tile = w_ptr + e64 * (2 * I * H) + tl.cast(nt * BLOCK_N, tl.int64) * H
+            ar_n = tl.arange(0, BLOCK_N)
+            ar_k = tl.arange(0, BLOCK_K)
             acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
             acc_u = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
             for k0 in range(0, H, BLOCK_K):
-                kk = k0 + tl.arange(0, BLOCK_K)
+                kk = k0 + ar_k
                 a = tl.load(x_ptr + tok64[:, None] * H + kk[None, :], mask=valid[:, None], other=0.0)
-                # [BLOCK_K, BLOCK_N] tiles of W^T read through the stored layout's strides.
-                wg = tl.load(tl.make_block_ptr(w_base, (H, I), (1, H), (k0, nt * BLOCK_N), (BLOCK_K, BLOCK_N), (0, 1)))
-                wu = tl.load(tl.make_block_ptr(w_base + I * H, (H, I), (1, H), (k0, nt * BLOCK_N), (BLOCK_K, BLOCK_N),
-                                               (0, 1)))
+                # [BLOCK_N, BLOCK_K] tiles of the stored rows (stride 1 along K), transposed on chip
+                # for the dot: plain pointer arithmetic (NVIDIA triton 3.9 has no block pointers).
+                w_off = ar_n[:, None] * H + kk[None, :]
+                wg = tl.load(w_tile + w_off)
+                wu = tl.load(w_tile + I * H + w_off)
                 if DOT_FP32:
                     a = a.to(tl.float32)
                     wg = wg.to(tl.float32)
                     wu = wu.to(tl.float32)
                 a2 = a + 0.0  # tl.dot may overwrite its left operand in UB
-                acc_g += tl.dot(a, wg)
-                acc_u += tl.dot(a2, wu)
+                acc_g += tl.dot(a, tl.trans(wg))
+                acc_u += tl.dot(a2, tl.trans(wu))
             h = acc_g / (1.0 + tl.exp(-acc_g)) * acc_u
             rows64 = tl.cast(rows, tl.int64)
             tl.store(inter_ptr + rows64[:, None] * I + cols64[None, :], h.to(inter_ptr.dtype.element_ty))
@@ -93,7 +110,7 @@ def _gate_up_kernel(
 @triton.jit
 def _down_kernel(
     inter_ptr, w_ptr, topk_w_ptr, y_ptr, sorted_slots_ptr, block_expert_ptr, num_rows_ptr,
-    num_slots, num_tasks,
+    num_slots, num_tasks, E,
     H: tl.constexpr, I: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_FP32: tl.constexpr,
 ):
@@ -106,23 +123,25 @@ def _down_kernel(
         nt = task % n_tiles
         row0 = mb * BLOCK_M
         if row0 < num_rows:
-            e64 = tl.cast(tl.load(block_expert_ptr + mb), tl.int64)
+            e64 = tl.cast(_clamp_expert(tl.load(block_expert_ptr + mb), E), tl.int64)
             rows = row0 + tl.arange(0, BLOCK_M)
             rows64 = tl.cast(rows, tl.int64)
             slots = tl.load(sorted_slots_ptr + rows)
-            valid = slots < num_slots
+            valid = (slots >= 0) & (slots < num_slots)
             cols64 = tl.cast(nt * BLOCK_N + tl.arange(0, BLOCK_N), tl.int64)
-            w_base = w_ptr + e64 * (H * I)
+            w_tile = w_ptr + e64 * (H * I) + tl.cast(nt * BLOCK_N, tl.int64) * I
+            ar_n = tl.arange(0, BLOCK_N)
+            ar_k = tl.arange(0, BLOCK_K)
             acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
             for k0 in range(0, I, BLOCK_K):
-                kk = k0 + tl.arange(0, BLOCK_K)
+                kk = k0 + ar_k
                 a = tl.load(inter_ptr + rows64[:, None] * I + kk[None, :])
-                w = tl.load(tl.make_block_ptr(w_base, (I, H), (1, I), (k0, nt * BLOCK_N), (BLOCK_K, BLOCK_N), (0, 1)))
+                w = tl.load(w_tile + ar_n[:, None] * I + kk[None, :])  # [BLOCK_N, BLOCK_K], stride 1 along K
                 if DOT_FP32:
                     a = a.to(tl.float32)
                     w = w.to(tl.float32)
-                acc += tl.dot(a, w)
-            scale = tl.load(topk_w_ptr + slots, mask=valid, other=0.0)
+                acc += tl.dot(a, tl.trans(w))
+            scale = tl.load(topk_w_ptr + tl.where(valid, slots, 0), mask=valid, other=0.0)
             y = acc * scale[:, None]
             slot64 = tl.cast(tl.where(valid, slots, 0), tl.int64)
             tl.store(y_ptr + slot64[:, None] * H + cols64[None, :], y, mask=valid[:, None])
@@ -130,7 +149,7 @@ def _down_kernel(
 
 @triton.jit
 def _decode_gate_up_kernel(
-    x_ptr, w_ptr, ids_ptr, inter_ptr, num_tasks,
+    x_ptr, w_ptr, ids_ptr, inter_ptr, num_tasks, E,
     H: tl.constexpr, I: tl.constexpr, K_TOP: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -140,7 +159,7 @@ def _decode_gate_up_kernel(
     for task in range(pid, num_tasks, nprog):
         s = task // n_tiles
         nt = task % n_tiles
-        e64 = tl.cast(tl.load(ids_ptr + s), tl.int64)
+        e64 = tl.cast(_clamp_expert(tl.load(ids_ptr + s), E), tl.int64)
         t64 = tl.cast(s // K_TOP, tl.int64)
         cols64 = tl.cast(nt * BLOCK_N + tl.arange(0, BLOCK_N), tl.int64)
         w_base = w_ptr + e64 * (2 * I * H)
@@ -159,7 +178,7 @@ def _decode_gate_up_kernel(
 
 @triton.jit
 def _decode_down_kernel(
-    inter_ptr, w_ptr, ids_ptr, topk_w_ptr, y_ptr, num_tasks,
+    inter_ptr, w_ptr, ids_ptr, topk_w_ptr, y_ptr, num_tasks, E,
     H: tl.constexpr, I: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -170,7 +189,7 @@ def _decode_down_kernel(
         s = task // n_tiles
         nt = task % n_tiles
         s64 = tl.cast(s, tl.int64)
-        e64 = tl.cast(tl.load(ids_ptr + s), tl.int64)
+        e64 = tl.cast(_clamp_expert(tl.load(ids_ptr + s), E), tl.int64)
         cols64 = tl.cast(nt * BLOCK_N + tl.arange(0, BLOCK_N), tl.int64)
         w_base = w_ptr + e64 * (H * I)
         acc = tl.zeros([BLOCK_N], dtype=tl.float32)
@@ -185,7 +204,7 @@ def _decode_down_kernel(
 
 @triton.jit
 def _combine_kernel(
-    y_ptr, out_ptr, shared_ptr, shared_gate_ptr, num_tokens, num_tasks,
+    y_ptr, ids_ptr, out_ptr, shared_ptr, shared_gate_ptr, num_tokens, num_tasks, E,
     H: tl.constexpr, K_TOP: tl.constexpr, HAS_SHARED: tl.constexpr, HAS_SHARED_GATE: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
@@ -201,7 +220,10 @@ def _combine_kernel(
         cols64 = tl.cast(ht * BLOCK_H + tl.arange(0, BLOCK_H), tl.int64)
         acc = tl.zeros([BLOCK_T, BLOCK_H], dtype=tl.float32)
         for j in tl.static_range(K_TOP):  # fixed order j = 0..k-1: bit-reproducible
-            acc += tl.load(y_ptr + (toks64[:, None] * K_TOP + j) * H + cols64[None, :], mask=tmask[:, None],
+            # a slot whose expert id is outside [0, E) contributes nothing (its y row may be unset)
+            e = tl.load(ids_ptr + toks64 * K_TOP + j, mask=tmask, other=-1)
+            ok = tmask & (e >= 0) & (e < E)
+            acc += tl.load(y_ptr + (toks64[:, None] * K_TOP + j) * H + cols64[None, :], mask=ok[:, None],
                            other=0.0)
         if HAS_SHARED:
             sh = tl.load(shared_ptr + toks64[:, None] * H + cols64[None, :], mask=tmask[:, None],
@@ -246,9 +268,10 @@ def _blk(dim: int, block: int) -> int:
     return min(block, dim)
 
 
-def combine(y: torch.Tensor, T: int, k: int, out_dtype: torch.dtype, shared_expert_output=None,
-            shared_expert_gate=None) -> torch.Tensor:
-    """out[t] = sum_j y[t*k + j] (+ sigmoid(gate[t]) * shared[t]); y [T*k, H] fp32."""
+def combine(y: torch.Tensor, ids: torch.Tensor, E: int, T: int, k: int, out_dtype: torch.dtype,
+            shared_expert_output=None, shared_expert_gate=None) -> torch.Tensor:
+    """out[t] = sum_j y[t*k + j] over the slots whose id (ids [T*k] int32) is in [0, E)
+    (+ sigmoid(gate[t]) * shared[t]); y [T*k, H] fp32."""
     H = y.shape[1]
     out = torch.empty(T, H, dtype=out_dtype, device=y.device)
     bh = _blk(H, CB_BLOCK_H)
@@ -259,7 +282,7 @@ def combine(y: torch.Tensor, T: int, k: int, out_dtype: torch.dtype, shared_expe
     gl = shared_expert_gate.reshape(-1).contiguous() if has_gate else y
     grid = (_device.persistent_grid(y.device, num_tasks, cube=False),)
     with _device.device_guard(y):
-        _combine_kernel[grid](y, out, sh, gl, T, num_tasks, H=H, K_TOP=k, HAS_SHARED=has_shared,
+        _combine_kernel[grid](y, ids, out, sh, gl, T, num_tasks, E, H=H, K_TOP=k, HAS_SHARED=has_shared,
                               HAS_SHARED_GATE=has_gate, BLOCK_T=CB_BLOCK_T, BLOCK_H=bh)
     return out
 
@@ -279,20 +302,23 @@ def moe_experts(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, *, shar
     gu = gate_up_proj.contiguous()
     dn = down_proj.contiguous()
     w = topk_weights.reshape(-1).to(torch.float32).contiguous()
+    ids = topk_ids.reshape(-1)
+    if ids.dtype != torch.int32:  # int64 ids: clamp before narrowing, so a bad id stays out of range
+        ids = ids.clamp(-1, E).to(torch.int32)
+    ids = ids.contiguous()
     y = torch.empty(S, H, dtype=torch.float32, device=dev)
     dot_fp32 = _device.interpreting() or hidden.dtype == torch.float32
     with _device.device_guard(hidden):
         if S <= DECODE_SLOTS and not force_plan:
-            ids = topk_ids.reshape(-1).to(torch.int32).contiguous()
             inter = torch.empty(S, I, dtype=hidden.dtype, device=dev)
             bn, bk = _blk(I, DEC_BLOCK_N), _blk(H, DEC_BLOCK_K)
             nt = S * (I // bn)
             _decode_gate_up_kernel[(_device.persistent_grid(dev, nt, cube=False),)](
-                x, gu, ids, inter, nt, H=H, I=I, K_TOP=k, BLOCK_N=bn, BLOCK_K=bk)
+                x, gu, ids, inter, nt, E, H=H, I=I, K_TOP=k, BLOCK_N=bn, BLOCK_K=bk)
             bn, bk = _blk(H, DEC_BLOCK_N), _blk(I, DEC_BLOCK_K)
             nt = S * (H // bn)
             _decode_down_kernel[(_device.persistent_grid(dev, nt, cube=False),)](
-                inter, dn, ids, w, y, nt, H=H, I=I, BLOCK_N=bn, BLOCK_K=bk)
+                inter, dn, ids, w, y, nt, E, H=H, I=I, BLOCK_N=bn, BLOCK_K=bk)
         else:
             bm = block_size_for(S, E)
             plan = plan_fn(topk_ids, E, bm)
@@ -302,14 +328,14 @@ def moe_experts(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, *, shar
             bn, bk = _blk(I, GU_BLOCK_N), _blk(H, GU_BLOCK_K)
             nt = n_blocks * (I // bn)
             _gate_up_kernel[(_device.persistent_grid(dev, nt, cube=True),)](
-                x, gu, inter, plan.sorted_slots, plan.block_expert, plan.num_rows, S, nt,
+                x, gu, inter, plan.sorted_slots, plan.block_expert, plan.num_rows, S, nt, E,
                 H=H, I=I, K_TOP=k, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, DOT_FP32=dot_fp32)
             bn, bk = _blk(H, DN_BLOCK_N), _blk(I, DN_BLOCK_K)
             nt = n_blocks * (H // bn)
             _down_kernel[(_device.persistent_grid(dev, nt, cube=True),)](
-                inter, dn, w, y, plan.sorted_slots, plan.block_expert, plan.num_rows, S, nt,
+                inter, dn, w, y, plan.sorted_slots, plan.block_expert, plan.num_rows, S, nt, E,
                 H=H, I=I, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, DOT_FP32=dot_fp32)
-    return combine(y, T, k, hidden.dtype, shared_expert_output, shared_expert_gate)
+    return combine(y, ids, E, T, k, hidden.dtype, shared_expert_output, shared_expert_gate)
 
 
 # Production configurations: Intern-S2 E=256, k=8, H=2048, I=512, bf16. T (hence the number of
@@ -324,14 +350,15 @@ def _gemm_configs():
         out.append(LoweringConfig(
             f"moe_experts/gate_up_bm{bm}", _gate_up_kernel,
             {"x_ptr": "*bf16", "w_ptr": "*bf16", "inter_ptr": "*bf16", "sorted_slots_ptr": "*i32",
-             "block_expert_ptr": "*i32", "num_rows_ptr": "*i32", "num_slots": "i32", "num_tasks": "i32"},
+             "block_expert_ptr": "*i32", "num_rows_ptr": "*i32", "num_slots": "i32", "num_tasks": "i32",
+             "E": "i32"},
             {"H": _H, "I": _I, "K_TOP": _K, "BLOCK_M": bm, "BLOCK_N": GU_BLOCK_N, "BLOCK_K": GU_BLOCK_K,
              "DOT_FP32": False}))
         out.append(LoweringConfig(
             f"moe_experts/down_bm{bm}", _down_kernel,
             {"inter_ptr": "*bf16", "w_ptr": "*bf16", "topk_w_ptr": "*fp32", "y_ptr": "*fp32",
              "sorted_slots_ptr": "*i32", "block_expert_ptr": "*i32", "num_rows_ptr": "*i32",
-             "num_slots": "i32", "num_tasks": "i32"},
+             "num_slots": "i32", "num_tasks": "i32", "E": "i32"},
             {"H": _H, "I": _I, "BLOCK_M": bm, "BLOCK_N": DN_BLOCK_N, "BLOCK_K": DN_BLOCK_K, "DOT_FP32": False}))
     return out
 
@@ -339,18 +366,18 @@ def _gemm_configs():
 LOWERING_CONFIGS = _gemm_configs() + [
     LoweringConfig(
         "moe_experts/decode_gate_up", _decode_gate_up_kernel,
-        {"x_ptr": "*bf16", "w_ptr": "*bf16", "ids_ptr": "*i32", "inter_ptr": "*bf16", "num_tasks": "i32"},
+        {"x_ptr": "*bf16", "w_ptr": "*bf16", "ids_ptr": "*i32", "inter_ptr": "*bf16", "num_tasks": "i32", "E": "i32"},
         {"H": _H, "I": _I, "K_TOP": _K, "BLOCK_N": DEC_BLOCK_N, "BLOCK_K": DEC_BLOCK_K}),
     LoweringConfig(
         "moe_experts/decode_down", _decode_down_kernel,
         {"inter_ptr": "*bf16", "w_ptr": "*bf16", "ids_ptr": "*i32", "topk_w_ptr": "*fp32", "y_ptr": "*fp32",
-         "num_tasks": "i32"},
+         "num_tasks": "i32", "E": "i32"},
         {"H": _H, "I": _I, "BLOCK_N": DEC_BLOCK_N, "BLOCK_K": DEC_BLOCK_K}),
 ] + [
     LoweringConfig(
         f"moe_experts/combine{'_shared' if shared else ''}", _combine_kernel,
-        {"y_ptr": "*fp32", "out_ptr": "*bf16", "shared_ptr": "*bf16", "shared_gate_ptr": "*bf16",
-         "num_tokens": "i32", "num_tasks": "i32"},
+        {"y_ptr": "*fp32", "ids_ptr": "*i32", "out_ptr": "*bf16", "shared_ptr": "*bf16", "shared_gate_ptr": "*bf16",
+         "num_tokens": "i32", "num_tasks": "i32", "E": "i32"},
         {"H": _H, "K_TOP": _K, "HAS_SHARED": shared, "HAS_SHARED_GATE": shared, "BLOCK_T": CB_BLOCK_T,
          "BLOCK_H": CB_BLOCK_H})
     for shared in (False, True)

@@ -7,7 +7,12 @@ steps (bf16/fp16 operands on a device, whose products are exact in fp32; fp32 op
 interpreter, whose bf16 dot is wrong, and for fp32 inputs), rounded to hidden's dtype (as F.linear
 returns them, so the softmax sees the same logits as the reference), fp32 softmax, then top-k by
 k passes of max + lowest-index-of-the-max (a min over the ids where p == max, compared in fp32).
-Masked expert columns (E < BLOCK_E) get probability -1 and are never chosen.
+Masked expert columns (E < BLOCK_E) get probability -1 and are never chosen. A NaN softmax row
+(a NaN or Inf among the token's logits) selects on zeros, so its ids are 0..k-1, and its weights
+are NaN; every id is clamped into [0, E): no input gives an id the expert kernels could not use.
+
+Plan kernels and bad ids: an id outside [0, E) is never counted, and the scatter leaves its slot
+out of the plan (slot_rows = -1) instead of reading offsets or writing rows out of bounds.
 
 Counts and rows are integers below 2**24 and are summed / prefix-summed in fp32 (exact), then
 stored as int32.
@@ -86,15 +91,21 @@ def _router_kernel(
         m = tl.max(z, 1)
         p = tl.exp(z - m[:, None])
         p = p / tl.sum(p, 1)[:, None]
+        # A NaN/Inf logit makes the whole softmax row NaN: such a row selects on zeros (all tied:
+        # ids 0..k-1) and gets NaN weights. Ids are always in [0, E), whatever the input.
+        row_nan = tl.max(tl.where(p == p, 0.0, 1.0), 1) > 0.0
+        p = tl.where(p == p, p, 0.0)
         p = tl.where(mask_e[None, :], p, -1.0)
         top_w = tl.zeros([BLOCK_T, BLOCK_K], dtype=tl.float32)
         top_i = tl.zeros([BLOCK_T, BLOCK_K], dtype=tl.float32)
         for j in tl.static_range(TOP_K):
             best = tl.max(p, 1)
             idx = tl.min(tl.where(p == best[:, None], ef[None, :], BLOCK_E * 1.0), 1)  # lowest id of the max
+            idx = tl.minimum(idx, E - 1.0)
             p = tl.where(ef[None, :] == idx[:, None], -2.0, p)
             top_w = tl.where(kf[None, :] == j, best[:, None], top_w)
             top_i = tl.where(kf[None, :] == j, idx[:, None], top_i)
+        top_w = tl.where(row_nan[:, None], float("nan"), top_w)
         if RENORM:
             top_w = top_w / tl.sum(top_w, 1)[:, None]
         out = offs_t[:, None] * TOP_K + offs_k[None, :]
@@ -188,16 +199,21 @@ def _align_scatter_kernel(
             pos = s0 + offs_s  # position inside the chunk
             offs = start + pos
             mask = offs < n
-            ids = tl.load(ids_ptr + offs, mask=mask, other=0).to(tl.int32)
+            raw = tl.load(ids_ptr + offs, mask=mask, other=0)
+            # ids outside [0, E) (checked before any narrowing) are left out of the plan
+            # (slot_rows = -1): never an access out of bounds
+            ok = (raw >= 0) & (raw < E)
+            put = mask & ok
+            ids = tl.where(ok, raw, 0).to(tl.int32)
             idf = tl.where(mask, ids.to(tl.float32), -2.0)
             # stable rank: equal ids at earlier positions of this chunk
             same = (idf[:, None] == id_all[None, :]) & (offs_cf[None, :] < pos.to(tl.float32)[:, None])
             rank = tl.sum(tl.where(same, 1.0, 0.0), 1).to(tl.int32)
-            base = tl.load(offsets_ptr + ids, mask=mask, other=0) + \
-                tl.load(chunk_ptr + tl.cast(task, tl.int64) * E + ids, mask=mask, other=0)
+            base = tl.load(offsets_ptr + ids, mask=put, other=0) + \
+                tl.load(chunk_ptr + tl.cast(task, tl.int64) * E + ids, mask=put, other=0)
             row = base + rank
-            tl.store(sorted_ptr + row, offs.to(tl.int32), mask=mask)
-            tl.store(slot_rows_ptr + offs, row, mask=mask)
+            tl.store(sorted_ptr + row, offs.to(tl.int32), mask=put)
+            tl.store(slot_rows_ptr + offs, tl.where(ok, row, -1), mask=mask)
 
 
 def _pow2(x: int) -> int:

@@ -97,3 +97,121 @@ def test_bad_path_from_the_shell_has_no_traceback(tmp_path):
                            str(tmp_path / "missing")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"interns2-fast check: model path {tmp_path / 'missing'} does not exist."
+
+
+# --- argument validation: one sentence, exit status 2, no traceback --------------------------------
+
+@pytest.mark.parametrize("argv, expect", [
+    (["check", "--prompt", ""], "argument --prompt: expects non-empty text, got an empty prompt"),
+    (["check", "--prompt", "hi", ""], "argument --prompt: expects non-empty text"),
+    (["generate", "--model-path", "x", "--prompt", ""], "argument --prompt: expects non-empty text"),
+    (["generate", "--model-path", "x", "--max-new-tokens", "0"], "argument --max-new-tokens: expects a positive integer, got 0"),
+    (["generate", "--model-path", "x", "--max-new-tokens", "-1"], "argument --max-new-tokens: expects a positive integer, got -1"),
+    (["demo", "--max-new-tokens", "0"], "argument --max-new-tokens: expects a positive integer, got 0"),
+    (["demo", "--max-new-tokens", "-1"], "argument --max-new-tokens: expects a positive integer, got -1"),
+    (["demo", "--reps", "0"], "argument --reps: expects a positive integer, got 0"),
+    (["check", "--top-k", "-3"], "argument --top-k: expects a positive integer, got -3"),
+    (["check", "--top-k", "0"], "argument --top-k: expects a positive integer, got 0"),
+    (["check", "--top-k", "three"], "argument --top-k: expects a positive integer, got 'three'"),
+    (["generate", "--model-path", "x", "--repeat", "-1"], "argument --repeat: expects an integer >= 0, got -1"),
+    (["generate"], "the following arguments are required: --model-path"),
+])
+def test_bad_arguments_are_one_line_and_exit_2(capsys, argv, expect):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith(f"interns2-fast {argv[0]}: {expect}"), lines[0]
+    assert lines[0].endswith(f"See interns2-fast {argv[0]} --help.")
+    assert "usage:" not in captured.err and "Traceback" not in captured.err
+
+
+def test_good_numbers_still_parse():
+    args = cli.build_parser().parse_args(["check", "--top-k", "3", "--prompt", " ", "x"])
+    assert args.top_k == 3 and args.prompt == [" ", "x"]
+    args = cli.build_parser().parse_args(["generate", "--model-path", "m", "--max-new-tokens", "1", "--repeat", "0"])
+    assert args.max_new_tokens == 1 and args.repeat == 0
+
+
+def _one_error_line(err: str, command: str) -> str:
+    lines = [ln for ln in err.strip().splitlines() if ln.startswith(f"interns2-fast {command}:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_top_k_larger_than_the_vocabulary(capsys):
+    rc = cli.main(["check", "--top-k", "100000", "--prompt", "hi"])
+    assert rc == 2
+    line = _one_error_line(capsys.readouterr().err, "check")
+    assert "--top-k 100000 is larger than the model's vocabulary (512 tokens)" in line
+
+
+@pytest.mark.parametrize("command", ["check", "generate"])
+def test_unknown_attn_implementation_is_named_not_reported_as_an_unsupported_model(remote_dir, capsys, command):
+    rc = cli.main([command, "--model-path", str(remote_dir), "--attn-implementation", "bogus"])
+    assert rc == 2
+    line = _one_error_line(capsys.readouterr().err, command)
+    assert "--attn-implementation 'bogus' is not an attention implementation transformers knows" in line
+    assert "eager" in line and "sdpa" in line and "not supported as a causal language model" not in line
+
+
+def test_attn_implementation_rejected_at_load_time_is_named_too(remote_dir, capsys, monkeypatch):
+    # the early check passes a name (a newer transformers registers more); transformers' own ValueError
+    # at load time must still be reported as the attention option's problem, not the model's
+    from interns2_fast import usercmds
+
+    monkeypatch.setattr(usercmds, "check_attn_implementation", lambda name: None)
+    rc = cli.main(["check", "--model-path", str(remote_dir), "--attn-implementation", "bogus"])
+    assert rc == 2
+    line = _one_error_line(capsys.readouterr().err, "check")
+    assert "--attn-implementation 'bogus' is not supported for the model in" in line
+    assert "not supported as a causal language model" not in line
+
+
+@pytest.mark.parametrize("command", ["check", "generate"])
+def test_model_folder_without_tokenizer_files(tmp_path, capsys, command):
+    path = models.intern_s2_remote_code_dir(tmp_path / "m")  # config, code and weights; no tokenizer
+    rc = cli.main([command, "--model-path", str(path)])
+    assert rc == 2
+    line = _one_error_line(capsys.readouterr().err, command)
+    assert f"no usable tokenizer in {path}: it has none of tokenizer.json" in line
+
+
+def test_prompt_that_encodes_to_no_tokens(remote_dir, capsys, monkeypatch):
+    from interns2_fast import usercmds
+
+    class Empty:
+        chat_template = None
+
+        def __call__(self, text, return_tensors=None):
+            import torch
+
+            return {"input_ids": torch.zeros(1, 0, dtype=torch.long)}
+
+    monkeypatch.setattr(usercmds, "load_tokenizer", lambda path: Empty())
+    rc = cli.main(["check", "--model-path", str(remote_dir), "--no-chat-template", "--prompt", " "])
+    assert rc == 2
+    line = _one_error_line(capsys.readouterr().err, "check")
+    assert "gives no tokens for the prompt ' '" in line
+
+
+def test_bad_argument_from_the_shell_has_no_traceback():
+    proc = subprocess.run([sys.executable, "-m", "interns2_fast.cli", "check", "--top-k", "-3"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("interns2-fast check: argument --top-k: expects a positive integer, got -3. "
+                                   "See interns2-fast check --help.")
+
+
+def test_tokenizer_precheck_leaves_custom_tokenizers_to_transformers(tmp_path):
+    from interns2_fast.usercmds import _may_hold_a_tokenizer
+
+    bare = _write_config(tmp_path / "bare", {"model_type": "qwen3_5_moe_text"})
+    assert not _may_hold_a_tokenizer(str(bare))
+    remote = _write_config(tmp_path / "remote", {"auto_map": {"AutoTokenizer": ["tokenization_x.XTokenizer", None]}})
+    assert _may_hold_a_tokenizer(str(remote))  # remote-code tokenizer: AutoTokenizer decides
+    custom = _write_config(tmp_path / "custom", {})
+    (custom / "qwen.tiktoken").write_text("")
+    assert _may_hold_a_tokenizer(str(custom))

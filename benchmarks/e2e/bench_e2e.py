@@ -22,7 +22,10 @@ N = 4: three linear-attention layers and one full-attention layer) with random w
   CPU, the peak-RSS delta around the timed round in quick CPU prefill runs.
 
 Environment: INTERNS2_BENCH_LAYERS (default 4), INTERNS2_BENCH_PREFILL_T ("512,2048"),
-INTERNS2_BENCH_DECODE_B ("1,8"), INTERNS2_BENCH_DECODE_STEPS, plus the suite-wide ones in conftest.py.
+INTERNS2_BENCH_DECODE_B ("1,8"), INTERNS2_BENCH_DECODE_STEPS, INTERNS2_BENCH_ROUNDS (timed rounds per
+case), INTERNS2_BENCH_E2E_MODEL ("full", the default, or "default": the scaled-down built-in model,
+for dry runs of the suite's plumbing such as `scripts/gpu_bench.sh --dry-run`), plus the suite-wide
+ones in conftest.py.
 Memory: the 4-layer stack holds ~3.3 G parameters (13 GB in fp32, 6.5 GB in bf16).
 """
 from __future__ import annotations
@@ -40,7 +43,10 @@ QUICK = _bench.is_quick()
 DEVICE = _bench.select_device()
 DTYPE = _bench.select_dtype(DEVICE)
 NUM_LAYERS = int(os.environ.get("INTERNS2_BENCH_LAYERS", "4"))
-VOCAB = 1024
+E2E_MODEL = os.environ.get("INTERNS2_BENCH_E2E_MODEL", "full")
+if E2E_MODEL not in ("full", "default"):
+    raise ValueError(f"INTERNS2_BENCH_E2E_MODEL={E2E_MODEL!r}; expected 'full' or 'default'")
+VOCAB = 1024 if E2E_MODEL == "full" else 256  # the default model's vocabulary holds at least the bytes
 
 
 def _ints(env: str, default: list[int]) -> list[int]:
@@ -61,9 +67,10 @@ else:
     PROMPT = 128
     ROUNDS = 3 if DEVICE.type == "cpu" else 10
 
+ROUNDS = int(os.environ.get("INTERNS2_BENCH_ROUNDS", ROUNDS))
 PREFILL_VARIANTS = ["reference", "patched"] if QUICK else ["reference", "reference-eager", "patched"]
 DECODE_VARIANTS = ["reference", "reference-eager", "patched"]
-SHAPE = f"full-width {NUM_LAYERS} layers"
+SHAPE = f"{'full-width' if E2E_MODEL == 'full' else 'default-model'} {NUM_LAYERS} layers"
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +81,11 @@ def stack():
 
 
 def _bench_model():
-    from interns2_fast.models import build_full_width_stack
+    from interns2_fast import models
 
-    return build_full_width_stack(NUM_LAYERS, vocab_size=VOCAB, dtype=DTYPE, device=DEVICE)
+    if E2E_MODEL == "default":
+        return models.build_causal_lm("qwen3_5_moe", models.default_config(NUM_LAYERS), dtype=DTYPE, device=DEVICE)
+    return models.build_full_width_stack(NUM_LAYERS, vocab_size=VOCAB, dtype=DTYPE, device=DEVICE)
 
 
 def _tokens(batch: int, length: int, seed: int) -> torch.Tensor:

@@ -111,7 +111,8 @@ class Op:
     """One op: schema, mutated arguments, fake kernel, backends with capability predicates."""
 
     def __init__(self, validator: Callable, schema: str, *, fake: Callable, strip: Callable | None,
-                 finish: Callable | None, backward: str, grad_path: Callable | None = None):
+                 finish: Callable | None, backward: str, grad_path: Callable | None = None,
+                 empty: Callable | None = None):
         self.name = validator.__name__
         self.__doc__ = validator.__doc__
         self.__name__ = self.name
@@ -134,7 +135,7 @@ class Op:
             raise ValueError(f"{self.name}: backward must be one of {BACKWARD_POLICIES}")
         self.backward = backward
         self.backends: dict[str, Backend] = {}
-        self._strip, self._finish, self._grad_path = strip, finish, grad_path
+        self._strip, self._finish, self._grad_path, self._empty = strip, finish, grad_path, empty
         # Optional results (`Tensor?`) are declared `Tensor` and carried as an empty uint8 sentinel:
         # functionalization (torch.compile) rejects optional results of ops that mutate.
         returns = self.returns.strip()
@@ -235,6 +236,10 @@ class Op:
     def call(self, values: dict, backend: str = "auto"):
         """Validate, choose the backend, apply the autograd policy, run."""
         self.validator(**values)
+        if self._empty is not None:  # empty inputs: one result for every backend (ops/_empty.py)
+            result = self._empty(**values)
+            if result is not None:
+                return result
         device = self.device_of(values)
         if self.needs_grad(values):
             _log_once("%s: an input requires grad; running the differentiable reference path", self.name)
@@ -308,12 +313,14 @@ def _no_input_aliases(out, inputs: list):
 
 
 def define(schema: str, *, fake: Callable, strip: Callable | None = None, finish: Callable | None = None,
-           backward: str = "reference", grad_path: Callable | None = None) -> Callable[[Callable], Op]:
+           backward: str = "reference", grad_path: Callable | None = None,
+           empty: Callable | None = None) -> Callable[[Callable], Op]:
     """Decorator turning a validator into an `Op` (see the module docstring). `grad_path(reference,
     args)`, when given, is how a grad-requiring call runs the reference (e.g. without an in-place
-    update that autograd would reject)."""
+    update that autograd would reject). `empty(**args)`, when given, returns the result for empty
+    inputs (None otherwise), so that every backend agrees on them."""
     return lambda validator: Op(validator, schema, fake=fake, strip=strip, finish=finish, backward=backward,
-                                grad_path=grad_path)
+                                grad_path=grad_path, empty=empty)
 
 
 def registered(op: str) -> tuple[str, ...]:

@@ -9,8 +9,9 @@ import torch
 
 from .. import reference
 from ..torch_impl import conv1d as torch_conv1d
+from . import _empty
 from ._registry import OK, define
-from ._validate import check_same_device, check_tensor
+from ._validate import check_positive_dims, check_same_device, check_tensor
 
 ACTIVATIONS = (None, "silu", "swish")
 
@@ -65,19 +66,29 @@ def _fn_finish(args, out):
 
 @define("(Tensor x, Tensor weight, Tensor? bias, Tensor? seq_idx, Tensor? initial_states, bool return_final_states, "
         "Tensor(a!)? final_states_out, str? activation) -> (Tensor, Tensor?)",
-        fake=_fn_fake, strip=_fn_strip, finish=_fn_finish)
+        fake=_fn_fake, strip=_fn_strip, finish=_fn_finish,
+        empty=lambda x, weight, initial_states, return_final_states, final_states_out, **_:
+        _empty.conv1d_fn(x, weight, initial_states, return_final_states, final_states_out) if x.numel() == 0 else None)
 def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, return_final_states=False,
                      final_states_out=None, activation=None):
     """out[b, d, t] = act(bias[d] + sum_w weight[d, w] * x[b, d, t - (W-1) + w]), zeros (or
     `initial_states` [B, D, W-1]) before t = 0. x [B, D, T] with any strides; weight [D, W].
     Returns out [B, D, T] in x's dtype, and with `return_final_states` also the last W-1 inputs
     [B, D, W-1] (written into `final_states_out` when given).
+
+    `seq_idx` [B, T] (int32/int64) packs several sequences per row: a tap never reads across a
+    change of seq_idx, and seq_idx < 0 marks padding, whose outputs are zeros (as in the
+    causal-conv1d package); the final states then hold the last sequence's inputs (zeros for
+    positions of other sequences and for padding). Not together with `initial_states`.
+    B, D or T = 0 gives empty results (final states = a copy of `initial_states`, or zeros, when
+    T = 0); W = 0 is an error.
     """
     op = "causal_conv1d_fn"
     check_tensor(op, "x", x, ndim=3)
     B, D, _ = x.shape
     check_tensor(op, "weight", weight, ndim=2, shape=(D, None))
     W = weight.shape[1]
+    check_positive_dims(op, W=W)
     if bias is not None:
         check_tensor(op, "bias", bias, shape=(D,))
     if initial_states is not None:
@@ -105,7 +116,8 @@ def _fn_triton(**kw):
 # --- decode update ----------------------------------------------------------------------------------
 
 @define("(Tensor x, Tensor(a!) conv_state, Tensor weight, Tensor? bias, str? activation) -> Tensor",
-        fake=lambda x, **_: torch.empty_like(x, memory_format=torch.contiguous_format))
+        fake=lambda x, **_: torch.empty_like(x, memory_format=torch.contiguous_format),
+        empty=lambda x, **_: _empty.conv1d_update(x) if x.numel() == 0 else None)
 def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
     """Decode step: x [B, D, T] (T small), conv_state [B, D, S] with S >= W-1, updated in place to
     hold the last S inputs. Returns out [B, D, T] in x's dtype."""
@@ -114,6 +126,7 @@ def causal_conv1d_update(x, conv_state, weight, bias=None, activation=None):
     B, D, _ = x.shape
     check_tensor(op, "weight", weight, ndim=2, shape=(D, None))
     check_tensor(op, "conv_state", conv_state, ndim=3, shape=(B, D, None))
+    check_positive_dims(op, W=weight.shape[1])
     if conv_state.shape[2] < weight.shape[1] - 1:
         raise ValueError(f"{op}: conv_state must keep at least W-1 = {weight.shape[1] - 1} steps, got {conv_state.shape[2]}")
     if bias is not None:

@@ -16,8 +16,9 @@ from .. import reference
 from ..torch_impl import gdn_chunk as _torch_chunk
 from ..torch_impl import gdn_gating as _torch_gating
 from ..torch_impl import gdn_recurrent as _torch_recurrent
+from . import _empty
 from ._registry import OK, define
-from ._validate import FLOAT_DTYPES, check_same_device, check_tensor
+from ._validate import FLOAT_DTYPES, check_cu_seqlens, check_positive_dims, check_same_device, check_tensor
 
 _GDN_ARGS = ("Tensor q, Tensor k, Tensor v, Tensor g, Tensor beta, float? scale, Tensor? initial_state, "
              "bool output_final_state, bool use_qk_l2norm_in_kernel, Tensor? cu_seqlens")
@@ -29,8 +30,9 @@ def _check_gdn(op, q, k, v, g, beta, initial_state, cu_seqlens):
     check_tensor(op, "k", k, ndim=4, dtypes=(q.dtype,), shape=(B, T, Hk, K))
     check_tensor(op, "v", v, ndim=4, dtypes=(q.dtype,), shape=(B, T, None, None))
     Hv, V = v.shape[2], v.shape[3]
-    if Hk == 0 or Hv % Hk != 0:
-        raise ValueError(f"{op}: value heads ({Hv}) must be a multiple of key heads ({Hk}), and Hk >= 1")
+    check_positive_dims(op, Hk=Hk, K=K, Hv=Hv, V=V)
+    if Hv % Hk != 0:
+        raise ValueError(f"{op}: value heads ({Hv}) must be a multiple of key heads ({Hk})")
     check_tensor(op, "g", g, ndim=3, dtypes=FLOAT_DTYPES, shape=(B, T, Hv))
     check_tensor(op, "beta", beta, ndim=3, dtypes=FLOAT_DTYPES, shape=(B, T, Hv))
     N = B
@@ -41,6 +43,7 @@ def _check_gdn(op, q, k, v, g, beta, initial_state, cu_seqlens):
         if cu_seqlens.numel() < 2:
             raise ValueError(f"{op}: cu_seqlens must hold N+1 >= 2 offsets, got {cu_seqlens.numel()}")
         N = cu_seqlens.numel() - 1
+        check_cu_seqlens(op, cu_seqlens, T)
     if initial_state is not None:
         check_tensor(op, "initial_state", initial_state, ndim=4, dtypes=(torch.float32,), shape=(N, Hv, K, V))
     check_same_device(op, q=q, k=k, v=v, g=g, beta=beta, initial_state=initial_state, cu_seqlens=cu_seqlens)
@@ -52,14 +55,16 @@ def _check_inplace(op, inplace_final_state, initial_state):
 
 
 def _check_gating(op, A_log, a, dt_bias, b):
-    check_tensor(op, "A_log", A_log, ndim=1)
-    Hv = A_log.shape[0]
+    # The head count comes from a (the projection output); A_log and dt_bias are each checked
+    # against it, so a wrong-length parameter is reported under its own name.
     check_tensor(op, "a", a)
-    if a.dim() < 1 or a.shape[-1] != Hv:
-        raise ValueError(f"{op}: a and b must end in the head axis of size {Hv} (= len(A_log)), got a "
-                         f"{list(a.shape)}")
-    check_tensor(op, "dt_bias", dt_bias, shape=(Hv,))
+    if a.dim() < 1:
+        raise ValueError(f"{op}: a and b must end in the head axis, got a of shape {list(a.shape)}")
+    Hv = a.shape[-1]
+    check_positive_dims(op, Hv=Hv)
     check_tensor(op, "b", b, shape=tuple(a.shape))
+    check_tensor(op, "A_log", A_log, ndim=1, shape=(Hv,))
+    check_tensor(op, "dt_bias", dt_bias, ndim=1, shape=(Hv,))
     check_same_device(op, A_log=A_log, a=a, dt_bias=dt_bias, b=b)
 
 
@@ -81,11 +86,17 @@ def _triton_head_dims(device, q, v, **_):
     return OK
 
 
+def _gdn_empty(q, v, initial_state, cu_seqlens, output_final_state, inplace_final_state=False, **_):
+    if q.shape[0] * q.shape[1]:
+        return None
+    return _empty.gdn(q, v, initial_state, cu_seqlens, output_final_state, inplace_final_state)
+
+
 # --- chunked prefill --------------------------------------------------------------------------------
 
 @define(f"({_GDN_ARGS}) -> (Tensor, Tensor?)",
         fake=lambda q, v, initial_state, cu_seqlens, output_final_state, **_:
-        _gdn_fake(q, v, initial_state, cu_seqlens, output_final_state))
+        _gdn_fake(q, v, initial_state, cu_seqlens, output_final_state), empty=_gdn_empty)
 def chunk_gated_delta_rule(q, k, v, g, beta, *, scale=None, initial_state=None, output_final_state=False,
                            use_qk_l2norm_in_kernel=False, cu_seqlens=None):
     """Chunked (prefill) gated delta rule.
@@ -93,6 +104,13 @@ def chunk_gated_delta_rule(q, k, v, g, beta, *, scale=None, initial_state=None, 
     q, k [B,T,Hk,K]; v [B,T,Hv,V]; g (log decay), beta [B,T,Hv]; initial/final state [N,Hv,K,V]
     fp32 (N = B, or the number of sequences in `cu_seqlens`). Returns (o [B,T,Hv,V] in q's
     dtype, final state or None). `scale` defaults to K^-1/2.
+
+    `cu_seqlens` [N+1] (int32/int64, B = 1): offsets starting at 0, non-decreasing, ending at T.
+    A CPU tensor is checked here (ValueError); a device tensor is not read back by the op (no sync;
+    the chunked backends check the copy they read back to plan chunks), and the kernels clamp every
+    offset into [0, T], so a bad device tensor never makes them access memory out of bounds.
+    B or T = 0 gives empty results (final state: a copy of initial_state, or zeros); K, V, Hk or
+    Hv = 0 is a ValueError.
     """
     _check_gdn("chunk_gated_delta_rule", q, k, v, g, beta, initial_state, cu_seqlens)
 
@@ -149,13 +167,15 @@ def _recurrent_fake(q, v, initial_state, cu_seqlens, output_final_state, inplace
 @define(f"({_GDN_ARGS.replace('Tensor? initial_state', 'Tensor(a!)? initial_state')}, "
         "bool inplace_final_state) -> (Tensor, Tensor)",
         fake=_recurrent_fake, strip=_drop_inplace_state, finish=_return_inplace_state,
-        grad_path=_grad_without_inplace)
+        grad_path=_grad_without_inplace, empty=_gdn_empty)
 def fused_recurrent_gated_delta_rule(q, k, v, g, beta, *, scale=None, initial_state=None, output_final_state=False,
                                      use_qk_l2norm_in_kernel=False, cu_seqlens=None, inplace_final_state=False):
     """Token-by-token (decode) gated delta rule; same arguments as `chunk_gated_delta_rule`.
 
     With `inplace_final_state=True` the `initial_state` tensor is updated in place and returned
-    as the final state (it must then be given, contiguous).
+    as the final state (it must then be given, contiguous). `cu_seqlens` and empty inputs: as in
+    `chunk_gated_delta_rule` (here a device cu_seqlens is never read back: the Triton kernel
+    clamps each sequence to [clamp(cu[n], 0, T), clamp(cu[n+1], that, T))).
     """
     op = "fused_recurrent_gated_delta_rule"
     _check_gdn(op, q, k, v, g, beta, initial_state, cu_seqlens)
@@ -180,7 +200,8 @@ def _gating_fake(A_log, a, dt_bias, b, head_major):
     return a.new_empty(shape, dtype=torch.float32), b.new_empty(shape)
 
 
-@define("(Tensor A_log, Tensor a, Tensor dt_bias, Tensor b, bool head_major) -> (Tensor, Tensor)", fake=_gating_fake)
+@define("(Tensor A_log, Tensor a, Tensor dt_bias, Tensor b, bool head_major) -> (Tensor, Tensor)", fake=_gating_fake,
+        empty=lambda a, b, head_major, **_: _empty.gating(a, b, head_major) if a.numel() == 0 else None)
 def gdn_gating(A_log, a, dt_bias, b, *, head_major=False):
     """g = -exp(A_log) * softplus(a + dt_bias) in fp32, beta = sigmoid(b) in b's dtype.
 
@@ -218,7 +239,7 @@ def _gating_triton(**kw):
         "Tensor(a!)? initial_state, bool output_final_state, bool use_qk_l2norm_in_kernel, "
         "bool inplace_final_state, Tensor? cu_seqlens) -> (Tensor, Tensor)",
         fake=_recurrent_fake, strip=_drop_inplace_state, finish=_return_inplace_state,
-        grad_path=_grad_without_inplace)
+        grad_path=_grad_without_inplace, empty=_gdn_empty)
 def fused_recurrent_gated_delta_rule_with_gating(q, k, v, a, b, A_log, dt_bias, *, scale=None, initial_state=None,
                                                  output_final_state=False, use_qk_l2norm_in_kernel=False,
                                                  inplace_final_state=False, cu_seqlens=None):

@@ -13,22 +13,17 @@ import torch
 
 from .. import reference
 from ..routing_plan import RoutingPlan, moe_align_max_rows
+from . import _empty
 from ._registry import OK, define
-from ._validate import check_same_device, check_tensor
+from ._validate import check_index, check_positive_dims, check_same_device, check_tensor, values_in_host_memory
 
 
-def _index(op: str, name: str, value, low: int, high: int | None = None) -> int:
-    """An integral argument (Python or numpy integer, not bool) within [low, high]."""
-    try:
-        if isinstance(value, bool):
-            raise TypeError
-        v = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{op}: {name} must be an integer, got {value!r}") from None
-    if v < low or (high is not None and v > high):
-        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{op}: {name} must be in {bound}, got {v}")
-    return v
+def _check_ids_on_host(op, topk_ids, num_experts):
+    """Expert ids in [0, E), checked where that costs no device sync (CPU tensors, outside tracing)."""
+    if topk_ids.numel() and values_in_host_memory(topk_ids):
+        lo, hi = torch.stack(torch.aminmax(topk_ids)).tolist()  # host memory: a read, not a device sync
+        if lo < 0 or hi >= num_experts:
+            raise ValueError(f"{op}: topk_ids must lie in [0, {num_experts}), got values in [{lo}, {hi}]")
 
 
 # --- router -----------------------------------------------------------------------------------------
@@ -39,7 +34,9 @@ def _route_fake(hidden, weight, top_k, renormalize):
             hidden.new_empty(T, top_k, dtype=torch.int64))
 
 
-@define("(Tensor hidden, Tensor weight, int top_k, bool renormalize) -> (Tensor, Tensor, Tensor)", fake=_route_fake)
+@define("(Tensor hidden, Tensor weight, int top_k, bool renormalize) -> (Tensor, Tensor, Tensor)", fake=_route_fake,
+        empty=lambda hidden, weight, top_k, **_:
+        _empty.moe_route(hidden, weight.shape[0], operator.index(top_k)) if hidden.shape[0] == 0 else None)
 def moe_route(hidden, weight, top_k, *, renormalize=True):
     """Router: logits = hidden @ weight^T; fp32 softmax; top-k; renormalise the k weights to sum 1.
 
@@ -50,11 +47,19 @@ def moe_route(hidden, weight, top_k, *, renormalize=True):
     the LOWER expert id first, deterministically. The reference backend is torch.topk, whose order
     among equal values is unspecified (on the CPU it is not lowest-id first), so on tied inputs the
     reference may select other, equally probable experts.
+
+    NaN / Inf: a token whose logits hold a NaN or an Inf has a NaN softmax row. Its k weights are
+    NaN on every backend (so the expert output of that token is NaN, as in transformers), and its
+    ids are valid expert ids on every backend: the torch and triton backends give the lowest ids
+    0, 1, ..., k-1 (a NaN row is treated as all-tied); the reference's torch.topk picks some k
+    distinct ids in [0, E). Other tokens are unaffected. T = 0 gives empty results; top_k is any
+    integral number (not a bool) in [1, E].
     """
     op = "moe_route"
     check_tensor(op, "hidden", hidden, ndim=2)
     check_tensor(op, "weight", weight, ndim=2, dtypes=(hidden.dtype,), shape=(None, hidden.shape[1]))
-    _index(op, "top_k", top_k, 1, weight.shape[0])
+    check_positive_dims(op, H=hidden.shape[1], E=weight.shape[0])
+    check_index(op, "top_k", top_k, minimum=1, maximum=weight.shape[0])
     check_same_device(op, hidden=hidden, weight=weight)
 
 
@@ -104,12 +109,14 @@ def moe_align(topk_ids, num_experts, block_size):
     """The routing plan of `topk_ids` [T, k] (int64 or int32, values in [0, num_experts)) for
     grouped GEMMs with row blocks of `block_size` (a Python int; the Triton backend needs a power
     of two). No host sync, static shapes; see `RoutingPlan` for the layout and its invariants.
-    Ids outside [0, num_experts) are not checked on the device (the torch backend raises from
-    scatter_add on the CPU; the Triton backend's result is undefined)."""
+    Ids outside [0, num_experts) are a ValueError when topk_ids is in host memory; on a device they
+    are not read back (no sync): the Triton kernels leave such slots out of the plan (their
+    slot_rows entry is -1; never an out-of-bounds write), the torch backend's scatter faults."""
     op = "moe_align"
     check_tensor(op, "topk_ids", topk_ids, ndim=2, dtypes=(torch.int64, torch.int32))
-    _index(op, "num_experts", num_experts, 1)
-    _index(op, "block_size", block_size, 1)
+    num_experts = check_index(op, "num_experts", num_experts, minimum=1)
+    check_index(op, "block_size", block_size, minimum=1)
+    _check_ids_on_host(op, topk_ids, num_experts)
     if topk_ids.numel() >= 2**31 - 1:
         raise ValueError(f"{op}: too many slots for int32 plan indices ({topk_ids.numel()})")
 
@@ -134,12 +141,17 @@ def _align_triton(**kw):
 
 @define("(Tensor hidden, Tensor topk_ids, Tensor topk_weights, Tensor gate_up_proj, Tensor down_proj, "
         "Tensor? shared_expert_output, Tensor? shared_expert_gate) -> Tensor",
-        fake=lambda hidden, **_: torch.empty_like(hidden, memory_format=torch.contiguous_format))
+        fake=lambda hidden, **_: torch.empty_like(hidden, memory_format=torch.contiguous_format),
+        empty=lambda hidden, **_: _empty.like(hidden) if hidden.shape[0] == 0 else None)
 def moe_experts(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, *, shared_expert_output=None,
                 shared_expert_gate=None):
     """out[t] = sum_j w[t, j] * down[e] @ (silu(gate) * up), gate|up = gate_up_proj[e] @ hidden[t],
     e = topk_ids[t, j]. hidden [T, H]; gate_up_proj [E, 2I, H]; down_proj [E, H, I] (as stored).
-    Returns [T, H] in hidden's dtype.
+    Returns [T, H] in hidden's dtype. T = 0 gives an empty [0, H]; H, I, E or k = 0 is an error.
+
+    Ids must lie in [0, E): checked (ValueError) when topk_ids is in host memory; on a device they
+    are not read back (no sync), and the Triton and torch backends give a slot with an id outside
+    [0, E) no contribution (the kernels mask it: never an out-of-bounds read).
 
     Optional shared expert, added in the same pass as the combine (torch/triton backends):
     `shared_expert_output` [T, H] (hidden's dtype) is added, scaled by
@@ -154,6 +166,8 @@ def moe_experts(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, *, shar
     check_tensor(op, "down_proj", down_proj, ndim=3, dtypes=(hidden.dtype,), shape=(E, H, two_i // 2))
     check_tensor(op, "topk_ids", topk_ids, ndim=2, dtypes=(torch.int64, torch.int32), shape=(T, None))
     check_tensor(op, "topk_weights", topk_weights, ndim=2, shape=tuple(topk_ids.shape))
+    check_positive_dims(op, H=H, I=two_i // 2, E=E, k=topk_ids.shape[1])
+    _check_ids_on_host(op, topk_ids, E)
     if shared_expert_gate is not None and shared_expert_output is None:
         raise ValueError(f"{op}: shared_expert_gate needs shared_expert_output")
     if shared_expert_output is not None:

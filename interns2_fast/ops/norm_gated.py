@@ -9,12 +9,14 @@ import torch
 
 from .. import reference
 from ..torch_impl import norm_gated as torch_norm_gated
+from . import _empty
 from ._registry import OK, define
-from ._validate import check_same_device, check_tensor
+from ._validate import check_positive_dims, check_same_device, check_tensor
 
 
 @define("(Tensor x, Tensor gate, Tensor weight, float eps) -> Tensor",
-        fake=lambda x, **_: torch.empty_like(x, memory_format=torch.contiguous_format))
+        fake=lambda x, **_: torch.empty_like(x, memory_format=torch.contiguous_format),
+        empty=lambda x, **_: _empty.like(x) if x.numel() == 0 else None)
 def rms_norm_gated(x, gate, weight, eps=1e-6):
     """weight * rmsnorm_fp32(x).to(x.dtype) * silu(gate_fp32), returned in x's dtype.
 
@@ -28,6 +30,7 @@ def rms_norm_gated(x, gate, weight, eps=1e-6):
     N = x.shape[-1]
     check_tensor(op, "gate", gate, shape=tuple(x.shape))
     check_tensor(op, "weight", weight, ndim=1, shape=(N,))
+    check_positive_dims(op, N=N)
     check_same_device(op, x=x, gate=gate, weight=weight)
 
 

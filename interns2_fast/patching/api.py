@@ -66,7 +66,7 @@ class PatchReport:
                f"{', '.join(backends) or '-'}; skipped {len(self.skipped)}"
         if self.verify:
             bad = [r for r in self.verify if not r.ok]
-            text += f"; verify: {len(self.verify) - len(bad)} ok, {len(bad)} beyond tolerance"
+            text += f"; verify: {len(self.verify) - len(bad)} ok, {len(bad)} failed"
         return text
 
     def to_markdown(self) -> str:
@@ -80,8 +80,8 @@ class PatchReport:
             lines += [f"| `{s.path}` | {s.op} | {s.reason} |" for s in self.skipped]
         if self.verify:
             lines += ["", "| verified | op | dtype | rms ratio | max abs | ok | action |", "|---|---|---|---|---|---|---|"]
-            lines += [f"| `{r.path}` | {r.op} | {r.dtype} | {r.rms_ratio:.2e} | {r.max_abs:.2e} | {r.ok} | {r.action} |"
-                      for r in self.verify]
+            lines += [f"| `{r.path}` | {r.op} | {r.dtype} | {r.rms_ratio:.2e} | {r.max_abs:.2e} | {r.ok} | {r.action}"
+                      f"{f' ({r.reason})' if r.reason else ''} |" for r in self.verify]
         return "\n".join(lines + ["", self.summary()])
 
     def rich_tables(self, max_rows: int = 40):

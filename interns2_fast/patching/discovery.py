@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import operator
 
 import torch
 from torch import nn
@@ -35,11 +36,37 @@ class Candidate:
     layout: str | None = None  # gdn: "qwen3_5" | "qwen3_next"
 
 
-def _forward_params(module: nn.Module) -> tuple[str, ...]:
+_VARIADIC = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+
+
+def forward_params(fn, _depth: int = 0) -> tuple[str, ...]:
+    """The parameter names of `fn`, read through decorators that hide them.
+
+    `inspect.signature` follows `functools.wraps` (`__wrapped__`); a decorator without it — such as
+    transformers 5.13-5.15's `force_accelerate_hooks` on the Gated DeltaNet forward — shows only
+    `(self, *args, **kwargs)`. Then the decorated function is found in the wrapper's closure and its
+    signature read instead (a few levels deep at most).
+    """
     try:
-        return tuple(inspect.signature(type(module).forward).parameters)
+        sig = inspect.signature(fn)
     except (TypeError, ValueError):
         return ()
+    named = [p for p in sig.parameters.values() if p.kind not in _VARIADIC]
+    if len(named) <= 1 and any(p.kind in _VARIADIC for p in sig.parameters.values()) and _depth < 4:
+        for cell in getattr(inspect.unwrap(fn), "__closure__", None) or ():
+            try:
+                inner = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            if inspect.isfunction(inner) and inner is not fn:
+                found = forward_params(inner, _depth + 1)
+                if len([n for n in found if n not in ("self", "args", "kwargs")]) > 0:
+                    return found
+    return tuple(sig.parameters)
+
+
+def _forward_params(module: nn.Module) -> tuple[str, ...]:
+    return forward_params(type(module).forward)
 
 
 def _gdn_candidate(path: str, m: nn.Module) -> Candidate | None:
@@ -88,9 +115,20 @@ def _norm_candidate(path: str, m: nn.Module) -> Candidate | None:
     return Candidate(path, m, "norm")
 
 
+def _is_count(x) -> bool:
+    """An integral number (int, numpy integer: operator.index takes it), not a bool."""
+    if isinstance(x, bool):
+        return False
+    try:
+        operator.index(x)
+    except TypeError:
+        return False
+    return True
+
+
 def is_router(m: nn.Module) -> bool:
     w = getattr(m, "weight", None)
-    return isinstance(w, torch.Tensor) and w.dim() == 2 and isinstance(getattr(m, "top_k", None), int) \
+    return isinstance(w, torch.Tensor) and w.dim() == 2 and _is_count(getattr(m, "top_k", None)) \
         and not isinstance(m, nn.Linear)
 
 

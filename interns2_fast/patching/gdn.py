@@ -13,7 +13,10 @@ cache protocol, chosen from what the cache object offers:
   `patch(model, fix_legacy_continuation=True)` such a call continues from the cached conv inputs and
   recurrent state instead (what 5.15+ does; equal to running the whole conversation without cache);
 * layered (5.15+): `cache.get_conv_state(i)` / `update_conv_state` / `get_recurrent_state` /
-  `update_recurrent_state` / `is_recording_past`; a prefill continues from the cached state.
+  `update_recurrent_state` / `is_recording_past`; a prefill continues from the cached state. The
+  releases before the getters (5.15.1 and 5.18.0 checked; 5.24.0 has them) have the same protocol:
+  `has_previous_state(i)` is a method and the states sit in `cache.layers[i].conv_states[0]` / `.recurrent_states[0]` with
+  `.record_past` (`_layered_states` reads both forms).
 
 q/k are passed with their Hk key heads (the ops map value head h to key head h // (Hv // Hk)), so
 nothing is repeated. The decode step has no host synchronisation: the conv state is updated in
@@ -65,7 +68,20 @@ def _cache_protocol(cache) -> str | None:
         return "layered"
     if hasattr(cache, "conv_states") and hasattr(cache, "recurrent_states") and hasattr(cache, "has_previous_state"):
         return "legacy"
+    if (hasattr(cache, "layers") and callable(getattr(cache, "has_previous_state", None))
+            and hasattr(cache, "update_conv_state") and hasattr(cache, "update_recurrent_state")):
+        return "layered"  # e.g. transformers 5.15.1, 5.18.0: no get_conv_state / get_recurrent_state yet
     return None
+
+
+def _layered_states(cache, i: int):
+    """(conv_state, recurrent_state, recording_past) of layer i of a layered cache, either form."""
+    if hasattr(cache, "get_conv_state"):
+        return cache.get_conv_state(i), cache.get_recurrent_state(i), cache.is_recording_past(i)
+    if not cache.has_previous_state(i):  # before the getters (5.15.1, 5.18.0)
+        return None, None, False
+    layer = cache.layers[i]
+    return layer.conv_states[0], layer.recurrent_states[0], bool(getattr(layer, "record_past", False))
 
 
 def gdn_forward(self, state: ModuleState, hidden_states, cache_params=None, cache_position=None, attention_mask=None,
@@ -120,9 +136,8 @@ def _gdn_forward(self, state, protocol, hidden_states, cache, cache_position, at
             recurrent_state = None  # 5.2 starts every multi-token call from a zero state
         initial_state = recurrent_state
     elif protocol == "layered":
-        conv_state = cache.get_conv_state(i)
-        recurrent_state = cache.get_recurrent_state(i)
-        if conv_state is not None and T == 1 and not cache.is_recording_past(i):
+        conv_state, recurrent_state, recording = _layered_states(cache, i)
+        if conv_state is not None and T == 1 and not recording:
             mixed_qkv = call_op(state, "conv", ops.causal_conv1d_update, mixed_qkv, conv_state, weight, bias,
                                 activation)
         else:
@@ -181,12 +196,9 @@ def norm_forward(self, state: ModuleState, hidden_states, gate=None):
 
 def gdn_extra(module, layout: str) -> dict:
     """What the patched forward needs to know about the module's transformers version (found at patch time)."""
-    import inspect
+    from .discovery import forward_params
 
     home = sys.modules.get(type(module).__module__)
     mask_fn = getattr(home, "apply_mask_to_padding_states", None)
-    try:
-        params = tuple(inspect.signature(type(module).forward).parameters)
-    except (TypeError, ValueError):
-        params = ()
+    params = forward_params(type(module).forward)  # through transformers 5.13-5.15's force_accelerate_hooks
     return {"layout": layout, "mask_fn": mask_fn if callable(mask_fn) else None, "params": params}

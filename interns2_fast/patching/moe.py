@@ -7,7 +7,8 @@ copy) look and what they return. Modules are used by structure:
   * experts: `gate_up_proj` [E, 2I, H], `down_proj` [E, H, I] (SwiGLU, no bias, not transposed);
   * block: `gate` (router), `experts`, `shared_expert` (MLP), `shared_expert_gate` (Linear H -> 1).
 
-What differs between versions is detected by behaviour, once per router class (`router_semantics`):
+What differs between versions is detected by behaviour, once per router class, on a zero-weight twin
+of the instance, never on its own (possibly meta or uninitialised) weights (`router_semantics`):
 transformers 5.2's router returns the softmax probabilities (fp32) in its first slot and the top-k
 weights in fp32; 5.24 returns the raw logits (hidden's dtype) and casts the weights to the logits'
 dtype. In both the weights take the first slot's dtype. The block forward returns one tensor
@@ -87,33 +88,64 @@ def register_experts_implementation(name: str = EXPERTS_IMPLEMENTATION) -> str:
 _ROUTER_RETURNS_PROBS: dict[type, bool] = {}
 
 
+def _zero_twin(module: torch.nn.Module) -> torch.nn.Module:
+    """A stand-in of `module` for the class forward: the same attributes, every parameter and buffer
+    replaced by real zeros on the CPU (children likewise), no hooks, no instance-level forward.
+    The original is untouched; weights on `meta`, offloaded or never initialised are never read."""
+    twin = object.__new__(type(module))
+    twin.__dict__.update(module.__dict__)
+    twin.__dict__.pop("forward", None)  # a patched or accelerate-hooked instance forward
+    twin.__dict__.pop("_hf_hook", None)
+    for name in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"):
+        if name in module.__dict__:
+            twin.__dict__[name] = type(module.__dict__[name])()
+    twin._parameters = {k: None if p is None else torch.nn.Parameter(torch.zeros(p.shape, dtype=p.dtype), requires_grad=False)
+                        for k, p in module._parameters.items()}
+    twin._buffers = {k: None if b is None else torch.zeros(b.shape, dtype=b.dtype) for k, b in module._buffers.items()}
+    twin._modules = {k: None if m is None else _zero_twin(m) for k, m in module._modules.items()}
+    return twin
+
+
+def _probe_router_class(router: torch.nn.Module) -> bool | None:
+    """Run the router CLASS's forward on a zero-weight twin and one zero token: slot 0 is then exactly
+    1/E for every expert if the class returns probabilities, exactly 0 if it returns logits.
+    None when the run fails or shows neither (nothing is concluded from it)."""
+    cls = type(router)
+    w = router.weight
+    E, H = w.shape
+    try:
+        with torch.no_grad():
+            first = cls.forward(_zero_twin(router), torch.zeros(1, H, dtype=w.dtype))[0]
+    except Exception:  # noqa: BLE001  (a router class this probe cannot run)
+        return None
+    if not isinstance(first, torch.Tensor) or first.device.type == "meta" or first.shape[-1] != E:
+        return None
+    first = first.detach().double().reshape(-1, E)
+    if torch.equal(first, torch.zeros_like(first)):
+        return False
+    if torch.allclose(first, torch.full_like(first, 1.0 / E), rtol=1e-3, atol=0):
+        return True
+    return None
+
+
 def router_semantics(router: torch.nn.Module, original=None) -> bool:
     """True when the installed router returns softmax probabilities (fp32) in its first slot
     (transformers 5.2), False when it returns the raw logits (later versions).
 
-    Found once per router class by running the instance's own (unpatched) forward — `original`, or
-    the class's forward — on a zero token: probabilities give 1/E each in slot 0, logits give 0. When
-    the weight is offloaded, the module call (accelerate's hooks bring it in) is tried next; when
-    neither can run (meta weights), logits are assumed (only `output_router_logits` reads slot 0).
+    Decided by behaviour, never from the instance's own weights: the router class's forward runs on
+    a zero-weight CPU twin of the instance (`_zero_twin`) and one zero token, which gives exactly 1/E
+    per expert for probabilities and exactly 0 for logits whatever the real weights are — on `meta`
+    (`init_empty_weights`), offloaded or not loaded yet. Only such a definite answer is cached per
+    class; when the probe cannot run or shows neither, logits are assumed for this call and nothing
+    is cached (only `output_router_logits` reads slot 0). `original` is accepted for compatibility:
+    the class forward is what is probed.
     """
     cls = type(router)
     if cls not in _ROUTER_RETURNS_PROBS:
-        w = router.weight
-        x = torch.zeros(1, w.shape[1], dtype=w.dtype, device="cpu" if w.device.type == "meta" else w.device)
-        own = original if original is not None else (lambda h: cls.forward(router, h))
-        first = None
-        for call in (own, router):
-            try:
-                with torch.no_grad():
-                    first = call(x)[0]
-            except Exception:  # noqa: BLE001  (an offloaded or meta weight cannot run here)
-                first = None
-            if first is not None and first.device.type != "meta":
-                break
-            first = None
-        if first is None:
+        answer = _probe_router_class(router)
+        if answer is None:
             return False
-        _ROUTER_RETURNS_PROBS[cls] = bool(first.float().abs().sum() > 0)
+        _ROUTER_RETURNS_PROBS[cls] = answer
     return _ROUTER_RETURNS_PROBS[cls]
 
 

@@ -59,6 +59,7 @@ class VerifyRecord:
     max_abs: float
     ok: bool
     action: str  # "kept patched" | "reverted to reference" | "raised"
+    reason: str = ""  # why it failed: "beyond tolerance", "raised ...", "dtype ...", "shape ..."
 
 
 @dataclasses.dataclass
@@ -202,48 +203,54 @@ def input_dtype(*args) -> torch.dtype | None:
     return max(dtypes, key=lambda d: _PRECISION.get(d, 1)) if dtypes else None
 
 
-def verify_outputs(state: ModuleState, op: str, patched, reference, dtype: torch.dtype | None = None) -> bool:
+def verify_outputs(state: ModuleState, op: str, patched, reference, dtype: torch.dtype | None = None,
+                   error: BaseException | None = None) -> bool:
     """Compare every floating tensor of `patched` with `reference`; log it; act on a failure.
 
-    Returns True when within tolerance. On a failure the module is put back on the reference path
-    (verify=True: with a warning) or VerifyError is raised (verify="strict").
+    Returns True when within tolerance. A failure is a value beyond tolerance, a tensor of another
+    dtype or shape, a different number of tensors, or `error` (the patched call raised it). On a
+    failure the module is put back on the reference path (verify=True: with a warning) or
+    VerifyError is raised (verify="strict").
     """
     from ..compare import compare_tensors
 
-    got, want = _float_tensors(patched), _float_tensors(reference)
-    ok, worst_rms, worst_abs, judged = True, 0.0, 0.0, "n/a"
-    if len(got) != len(want):
-        ok = False
-    for a, b in zip(got, want):
-        if a.shape != b.shape or a.dtype != b.dtype:  # a wrong shape or dtype is a wrong answer too
+    ok, worst_rms, worst_abs, judged, reasons = True, 0.0, 0.0, "n/a", []
+    if error is not None:
+        ok, worst_rms, worst_abs = False, float("inf"), float("inf")
+        reasons.append(f"raised {type(error).__name__}: {error}")
+    else:
+        got, want = _float_tensors(patched), _float_tensors(reference)
+        if len(got) != len(want):
             ok = False
-            continue
-        c = compare_tensors(a, b, dtype=dtype)
-        ok &= c.ok
-        worst_rms, worst_abs, judged = max(worst_rms, c.rms_ratio), max(worst_abs, c.max_abs), c.dtype
+            reasons.append(f"returned {len(got)} floating tensors where the reference path returns {len(want)}")
+        for a, b in zip(got, want):
+            if a.shape != b.shape:
+                ok = False
+                reasons.append(f"shape {list(a.shape)} where the reference path returns {list(b.shape)}")
+                continue
+            if a.dtype != b.dtype:
+                ok = False
+                reasons.append(f"dtype {str(a.dtype).replace('torch.', '')} where the reference path returns "
+                               f"{str(b.dtype).replace('torch.', '')}")
+            c = compare_tensors(a, b, dtype=dtype)
+            if not c.ok:
+                ok = False
+                reasons.append("beyond tolerance")
+            worst_rms, worst_abs, judged = max(worst_rms, c.rms_ratio), max(worst_abs, c.max_abs), c.dtype
     action = "kept patched" if ok else ("raised" if state.verify == "strict" else "reverted to reference")
-    state.verify_log.append(VerifyRecord(state.path, op, judged, worst_rms, worst_abs, ok, action))
+    reason = "; ".join(dict.fromkeys(reasons))
+    state.verify_log.append(VerifyRecord(state.path, op, judged, worst_rms, worst_abs, ok, action, reason))
     if not ok:
         state.active = False
-        msg = (f"interns2_fast verify: {state.path} ({op}) differs from the reference path beyond tolerance "
-               f"(rms ratio {worst_rms:.3g}, max |diff| {worst_abs:.3g}, judged as {judged})")
+        if error is not None:
+            msg = f"interns2_fast verify: {state.path} ({op}) {reason}"
+        else:
+            msg = (f"interns2_fast verify: {state.path} ({op}) differs from the reference path: {reason} "
+                   f"(rms ratio {worst_rms:.3g}, max |diff| {worst_abs:.3g}, judged as {judged})")
         if state.verify == "strict":
-            raise VerifyError(msg)
+            raise VerifyError(msg) from error
         warnings.warn(msg + "; this module is back on the reference path", RuntimeWarning, stacklevel=3)
     return ok
-
-
-def record_failure(state: ModuleState, op: str, failure: str) -> None:
-    """verify: the patched backend raised. Record it and put the module back on the reference path
-    (verify="strict" raises VerifyError)."""
-    strict = state.verify == "strict"
-    state.verify_log.append(VerifyRecord(state.path, op, "n/a", float("inf"), float("inf"), False,
-                                         "raised" if strict else "reverted to reference"))
-    state.active = False
-    msg = f"interns2_fast verify: {state.path} ({op}) failed on its patched backend ({failure})"
-    if strict:
-        raise VerifyError(msg)
-    warnings.warn(msg + "; this module is back on the reference path", RuntimeWarning, stacklevel=3)
 
 
 def verified_module_call(module: nn.Module, state: ModuleState, patched_fn: Callable, *args, **kwargs):
@@ -268,12 +275,12 @@ def verified_module_call(module: nn.Module, state: ModuleState, patched_fn: Call
             s.suspended -= 1
         for m, hooks in hooked:
             m._forward_hooks = hooks
+    error = None
     try:
         patched = patched_fn(module, *args, **kwargs)
-    except Exception as exc:  # noqa: BLE001  (verify must survive a backend that raises)
-        record_failure(state, state.kind, f"{type(exc).__name__}: {exc}")
-        return reference
-    ok = verify_outputs(state, state.kind, patched, reference, dtype=input_dtype(args, kwargs))
+    except Exception as exc:  # noqa: BLE001  (a backend that raises is a verify failure like a wrong value)
+        patched, error = None, exc
+    ok = verify_outputs(state, state.kind, patched, reference, dtype=input_dtype(args, kwargs), error=error)
     return patched if ok else reference
 
 
@@ -375,18 +382,15 @@ def call_op(state: ModuleState, family: str, op, *args, **kwargs):
     r_args, r_kwargs, clones = clone_mutated(op, args, kwargs)
     reference = op(*r_args, backend="reference", **r_kwargs)
     originals = _mutated_originals(op, args, kwargs, clones)
+    error = None
     try:
         patched = op(*args, backend=backend, **kwargs)
-        failure = None
-    except Exception as exc:  # noqa: BLE001  (verify must survive a backend that raises)
-        patched, failure = None, f"{type(exc).__name__}: {exc}"
-        # the failed backend may have written part of a state: the reference's copy is restored below
+    except Exception as exc:  # noqa: BLE001  (a backend that raises is a verify failure like a wrong value)
+        patched, error = None, exc
     got = [patched, *originals.values()]
     want = [reference, *clones.values()]
-    if failure is None and verify_outputs(state, op.name, got, want, dtype=input_dtype(args, kwargs)):
+    if verify_outputs(state, op.name, got, want, dtype=input_dtype(args, kwargs), error=error):
         return patched
-    if failure is not None:
-        record_failure(state, op.name, failure)
     for name, clone in clones.items():
         originals[name].copy_(clone)
     # results that alias a clone (an in-place final state) must alias the caller's tensor instead

@@ -54,8 +54,9 @@ def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, re
                      final_states_out=None, activation=None):
     """See `interns2_fast.ops.causal_conv1d_fn`. Any W works; any x strides are read in place.
 
-    seq_idx [B, T] (packed sequences): a tap never reads across a change of seq_idx; the final
-    states then belong to the last sequence (entries of earlier sequences are zero). seq_idx
+    seq_idx [B, T] (packed sequences): a tap never reads across a change of seq_idx, seq_idx < 0
+    marks padding (zero outputs there); the final states then belong to the last sequence
+    (entries of earlier sequences and of padding are zero). seq_idx
     together with initial_states is not supported (as in the causal-conv1d package).
     """
     if seq_idx is not None and initial_states is not None:
@@ -104,6 +105,8 @@ def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, re
             r = _activate(acc, w_dtype, activation)
             if r is not o:
                 o.copy_(r)
+        if seq_idx is not None:  # seq_idx < 0 marks padding: zeros there (as the causal-conv1d package)
+            out.masked_fill_((seq_idx < 0).unsqueeze(1), 0)
     if not return_final_states:
         return out
     final = _final_states(x, initial_states, seq_idx, W)
@@ -124,7 +127,8 @@ def _final_states(x, initial_states, seq_idx, W):
     if T < n and initial_states is not None:
         final[..., : n - T] = initial_states[..., T:]
     if seq_idx is not None and take:
-        keep = (seq_idx[:, T - take:] == seq_idx[:, -1:]).unsqueeze(1)
+        tail = seq_idx[:, T - take:]
+        keep = ((tail == seq_idx[:, -1:]) & (tail >= 0)).unsqueeze(1)
         final[..., n - take:] *= keep.to(x.dtype)
     return final
 

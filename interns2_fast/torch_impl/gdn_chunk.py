@@ -143,6 +143,9 @@ def chunk_gated_delta_rule(
     # Packed sequences: gather into a zero-padded [N, T_max] batch. Padding tokens have g = 0,
     # beta = 0 and k = 0, so they leave the state untouched; their outputs are dropped.
     bounds = cu_seqlens.tolist()  # the one host sync of this path
+    from ..cu_seqlens import check_cu_seqlens_values
+
+    check_cu_seqlens_values("chunk_gated_delta_rule[torch]", bounds, q.shape[1])  # free after the sync
     lengths = [e - s for s, e in zip(bounds[:-1], bounds[1:])]
     N, t_max = len(lengths), max(max(lengths), 1)
     dev = q.device

@@ -101,7 +101,8 @@ def fused_recurrent_gated_delta_rule(
             return o, (s if (output_final_state or inplace_final_state) else None)
         pos = torch.arange(L, device=q.device)
         valid = pos[None, :] < lens[:, None]                  # [N, L]
-        idx = (cu[:-1, None] + pos[None, :]).clamp_(max=T - 1)  # [N, L]
+        # clamped into [0, T-1]: a bad cu_seqlens on a device (not validated: no sync) stays in bounds
+        idx = (cu[:-1, None] + pos[None, :]).clamp_(0, T - 1)  # [N, L]
         qp, kp, vp = q[0, idx], k[0, idx], v[0, idx]
         gp = g[0, idx].float().masked_fill_(~valid[..., None], 0.0)
         bp = beta[0, idx].float().masked_fill_(~valid[..., None], 0.0)

@@ -117,6 +117,12 @@ def moe_experts(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, *,
     if hidden.device.type == "cpu":
         out = _experts_cpu(hidden, flat_ids, w_slots.reshape(-1), k, gate_up_proj, down_proj)
         return _add_shared(out, shared_expert_output, shared_expert_gate).to(hidden.dtype)
+    # On a device the ids are not read back (interns2_fast.ops.moe_experts checks host tensors):
+    # an id outside [0, E) is clamped for the weight gather and its slot gets weight 0, as the
+    # Triton kernels drop it, instead of a device-side indexing fault.
+    valid = (flat_ids >= 0) & (flat_ids < E)
+    flat_ids = flat_ids.clamp(0, E - 1)
+    w_slots = torch.where(valid.unsqueeze(1), w_slots, 0.0)
 
     if S <= DECODE_SLOTS:
         y = _bmm_slots(hidden.repeat_interleave(k, dim=0), flat_ids, gate_up_proj, down_proj)

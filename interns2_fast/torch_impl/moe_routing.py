@@ -18,7 +18,8 @@ def _tie_key_consts(num_experts: int, device: torch.device) -> tuple[torch.Tenso
     return -e * 2.0**-1070, 1.0 - e * 2.0**-40
 
 
-def topk_lowest_id(probs: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def topk_lowest_id(probs: torch.Tensor, top_k: int, values_from: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """torch.topk over the last axis of fp32 probabilities >= 0, ties broken to the LOWER index.
 
     torch.topk leaves the order of equal values unspecified (on the CPU it is not lowest-index
@@ -28,13 +29,16 @@ def topk_lowest_id(probs: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch
     kept; equal values p > 0 are split by the factor, and p = 0 (a softmax underflow) by the
     subnormal second term (lost only where denormals are flushed, torch.set_flush_denormal(True)).
     On devices other than the CPU and CUDA (float64 may be missing there) an int64 key
-    bits(p) * E + (E - 1 - e) does the same. Returns (values fp32, indices int64).
+    bits(p) * E + (E - 1 - e) does the same. Returns (values fp32, indices int64); the values are
+    gathered from `values_from` (same shape as probs) when given.
     """
+    src = probs if values_from is None else values_from
     if probs.device.type in ("cpu", "cuda"):
         tiny, factor = _tie_key_consts(probs.shape[-1], probs.device)
         ids = torch.topk(torch.addcmul(tiny, probs.double(), factor), top_k, dim=-1).indices
-        return probs.gather(-1, ids), ids
-    return _topk_lowest_id_int_key(probs, top_k)
+        return src.gather(-1, ids), ids
+    _, ids = _topk_lowest_id_int_key(probs, top_k)
+    return src.gather(-1, ids), ids
 
 
 def _topk_lowest_id_int_key(probs: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,7 +58,9 @@ def moe_route(hidden: torch.Tensor, weight: torch.Tensor, top_k: int, *, renorma
     ids [T, k] int64)."""
     logits = F.linear(hidden, weight)
     probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
-    top_w, top_i = topk_lowest_id(probs, top_k)
+    # A NaN/Inf logit makes the whole softmax row NaN: select on zeros there (all tied -> ids
+    # 0..k-1, as the Triton router does) and gather the NaN weights from the real row.
+    top_w, top_i = topk_lowest_id(torch.nan_to_num(probs, nan=0.0), top_k, values_from=probs)
     if renormalize:
         top_w = top_w / top_w.sum(dim=-1, keepdim=True)
     return logits, top_w, top_i

@@ -274,6 +274,55 @@ def test_fn_seq_idx_packed(backend):
         assert torch.equal(fs[i], tail)
 
 
+def loop_conv_padded(x, weight, bias, seq_idx, activation="silu"):
+    """float64 loop with causal-conv1d's padding rule: seq_idx < 0 is padding, whose outputs are
+    exactly 0; elsewhere a tap only reads inputs of the same sequence."""
+    B, D, T = x.shape
+    W = weight.shape[1]
+    xd, wd = x.to(weight.dtype).double(), weight.double()
+    out = torch.zeros(B, D, T, dtype=torch.float64)
+    for b in range(B):
+        for t in range(T):
+            s = int(seq_idx[b, t])
+            if s < 0:
+                continue
+            acc = torch.zeros(D, dtype=torch.float64) if bias is None else bias.to(weight.dtype).double().clone()
+            for k in range(W):
+                p = t - (W - 1) + k
+                if p >= 0 and int(seq_idx[b, p]) == s:
+                    acc += wd[:, k] * xd[b, :, p]
+            out[b, :, t] = acc * torch.sigmoid(acc) if activation else acc
+    return out
+
+
+PADDED_ROWS = [
+    [-1, -1, 0, 0, 0, 0, 1, 1, 1],       # padding first
+    [0, 0, 0, -1, -1, 1, 1, 1, 1],       # padding between two sequences
+    [0, 0, 0, 0, 0, 1, 1, -1, -1],       # padding last: the final states are zeros
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype, layout", [(torch.float32, "transposed"), (torch.bfloat16, "contiguous")])
+def test_fn_seq_idx_padding_gives_zeros(backend, dtype, layout):
+    B, D, T, W = len(PADDED_ROWS), 40, len(PADDED_ROWS[0]), 4
+    x = make_x(B, D, T, dtype, layout)
+    weight, b = make_params(D, W, dtype, True)
+    seq_idx = torch.tensor(PADDED_ROWS, dtype=torch.int64)
+    out, fs = ops.causal_conv1d_fn(x, weight, b, seq_idx=seq_idx, return_final_states=True, activation="silu",
+                                   backend=backend)
+    pad = (seq_idx < 0).unsqueeze(1).expand(B, D, T)
+    assert (out[pad] == 0).all(), "padding positions must be exactly zero"
+    assert_close(out, loop_conv_padded(x, weight, b, seq_idx), TOL_LOOP[dtype])
+    # final states: the last W-1 inputs of the row's last sequence; padding and other sequences -> 0
+    for i, row in enumerate(PADDED_ROWS):
+        want = torch.zeros(D, W - 1, dtype=dtype)
+        for j, p in enumerate(range(T - (W - 1), T)):
+            if row[p] >= 0 and row[p] == row[-1]:
+                want[:, j] = x[i, :, p]
+        assert torch.equal(fs[i], want), i
+
+
 # ---- errors -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("backend", ["torch", "reference"])

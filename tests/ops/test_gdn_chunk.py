@@ -272,3 +272,36 @@ def test_triton_rejects_head_dims_over_256():
     q, k, v, g, beta, _ = make_inputs(1, 2, 1, 1, 320, 32, torch.float32)
     with pytest.raises(ValueError, match=OP):
         ops.chunk_gated_delta_rule(q, k, v, g, beta, backend="triton")
+
+
+# --- cu_seqlens: checked on host copies (and after the launchers' own host read) -----------------
+
+BAD_CU = [([1, 4, 8], "start at 0"), ([0, 6, 2, 8], "be non-decreasing"), ([0, -2, 8], "be non-decreasing"),
+          ([0, 4, 9], "end at the number of tokens T = 8"), ([0, 4, 7], "end at the number of tokens T = 8")]
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch", "triton"])
+@pytest.mark.parametrize("cu, match", BAD_CU)
+def test_bad_cu_seqlens_are_rejected(backend, cu, match):
+    if backend == "triton":
+        pytest.importorskip("triton")
+    q, k, v, g, beta, init = make_inputs(1, 8, 2, 4, 16, 16, torch.float32, N=len(cu) - 1)
+    with pytest.raises(ValueError, match=f"{OP}: cu_seqlens must {match}"):
+        ops.chunk_gated_delta_rule(q, k, v, g, beta, initial_state=init, cu_seqlens=torch.tensor(cu),
+                                   backend=backend)
+
+
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+@pytest.mark.parametrize("cu, match", BAD_CU)
+def test_backends_check_the_offsets_they_read_back(impl, cu, match):
+    """A device cu_seqlens is not validated by the op (that would be a sync); both chunked backends
+    read the offsets back anyway (to plan the chunks) and check them there, before any kernel runs.
+    The backends are called directly, as the op does for a device tensor."""
+    if impl == "triton":
+        pytest.importorskip("triton")
+        from interns2_fast.kernels import gdn_chunk as mod
+    else:
+        from interns2_fast.torch_impl import gdn_chunk as mod
+    q, k, v, g, beta, init = make_inputs(1, 8, 2, 4, 16, 16, torch.float32, N=len(cu) - 1)
+    with pytest.raises(ValueError, match=f"cu_seqlens must {match}"):
+        mod.chunk_gated_delta_rule(q, k, v, g, beta, initial_state=init, cu_seqlens=torch.tensor(cu))

@@ -120,7 +120,10 @@ def test_noncontiguous_inputs(backend):
         ((torch.randn(4, 1), torch.randn(2, 4), torch.randn(4), torch.randn(2, 4)), ValueError, "A_log must be 1-D"),
         ((torch.randn(4), torch.randn(2, 4), torch.randn(3), torch.randn(2, 4)), ValueError, "dt_bias must have shape"),
         ((torch.randn(4), torch.randn(2, 4), torch.randn(4), torch.randn(2, 5)), ValueError, "b must have shape"),
-        ((torch.randn(4), torch.randn(2, 3), torch.randn(4), torch.randn(2, 3)), ValueError, "head axis"),
+        # a wrong-length A_log is reported as A_log (the head count comes from a), not as dt_bias
+        ((torch.randn(4), torch.randn(2, 3), torch.randn(4), torch.randn(2, 3)), ValueError, r"A_log must have shape \[3\]"),
+        ((torch.randn(3), torch.randn(2, 4), torch.randn(4), torch.randn(2, 4)), ValueError, r"A_log must have shape \[4\]"),
+        ((torch.randn(4), torch.randn(2, 4), torch.randn(5), torch.randn(2, 4)), ValueError, r"dt_bias must have shape \[4\]"),
         ((torch.randn(4), torch.randint(0, 2, (2, 4)), torch.randn(4), torch.randn(2, 4)), TypeError, "a must have dtype"),
     ],
 )

@@ -275,8 +275,10 @@ def _gating_args(**over):
     [
         (dict(a=torch.randn(1, 2, 3)), ValueError, "a must have shape"),
         (dict(b=torch.randn(1, 3, 4)), ValueError, "b must have shape"),
-        (dict(A_log=torch.randn(3)), ValueError, "dt_bias must have shape|head axis"),
-        (dict(dt_bias=torch.randn(4, 1)), ValueError, "dt_bias must have shape"),
+        (dict(A_log=torch.randn(3)), ValueError, "A_log must have shape \\[4\\]"),  # reported as A_log
+        (dict(A_log=torch.randn(3), dt_bias=torch.randn(3)), ValueError, "A_log must have shape \\[4\\]"),
+        (dict(dt_bias=torch.randn(4, 1)), ValueError, "dt_bias must be 1-D"),
+        (dict(dt_bias=torch.randn(5)), ValueError, "dt_bias must have shape \\[4\\]"),
         (dict(v=torch.randn(1, 2, 3, 8), a=torch.randn(1, 2, 3), b=torch.randn(1, 2, 3), A_log=torch.randn(3),
               dt_bias=torch.randn(3)), ValueError, "multiple of key heads"),
         (dict(initial_state=torch.zeros(1, 4, 8, 8, dtype=torch.float16)), TypeError, "initial_state"),
@@ -296,3 +298,72 @@ def test_inplace_without_state_is_refused(backend):
     x = make_inputs(1, 1, 2, 4, 8, 8, torch.float32)
     with pytest.raises(ValueError, match="fused_recurrent_gated_delta_rule: inplace_final_state"):
         run(backend, dict(x, initial_state=x["initial_state"].transpose(-1, -2)), inplace_final_state=True)
+
+
+# --- cu_seqlens: checked on host copies, clamped in the kernel -----------------------------------
+
+BAD_CU = [
+    ([1, 4, 8], "start at 0"),
+    ([0, 6, 2, 8], "be non-decreasing"),
+    ([0, -2, 8], "be non-decreasing"),
+    ([0, 4, 9], "end at the number of tokens T = 8"),
+    ([0, 4, 7], "end at the number of tokens T = 8"),
+]
+
+
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
+@pytest.mark.parametrize("gating", [False, True])
+@pytest.mark.parametrize("cu, match", BAD_CU)
+def test_bad_cu_seqlens_are_rejected(backend, gating, cu, match):
+    need(backend)
+    x = make_inputs(1, 8, 2, 4, 8, 8, torch.float32, N=len(cu) - 1)
+    cu_t = torch.tensor(cu, dtype=torch.int32)
+    op = "fused_recurrent_gated_delta_rule_with_gating" if gating else "fused_recurrent_gated_delta_rule"
+    with pytest.raises(ValueError, match=f"{op}: cu_seqlens must {match}"):
+        if gating:
+            ops.fused_recurrent_gated_delta_rule_with_gating(
+                x["q"], x["k"], x["v"], x["a"], x["b"], x["A_log"], x["dt_bias"], initial_state=x["initial_state"],
+                cu_seqlens=cu_t, backend=backend)
+        else:
+            ops.fused_recurrent_gated_delta_rule(x["q"], x["k"], x["v"], x["g"], x["beta"],
+                                                 initial_state=x["initial_state"], cu_seqlens=cu_t, backend=backend)
+
+
+def _guarded(t, guard=5):
+    """t viewed inside a NaN-filled buffer with `guard` extra tokens on both sides: a read outside
+    t's tokens brings NaN into the result."""
+    buf = torch.full((t.shape[0], t.shape[1] + 2 * guard, *t.shape[2:]), float("nan"), dtype=t.dtype)
+    buf[:, guard:guard + t.shape[1]] = t
+    return buf[:, guard:guard + t.shape[1]]
+
+
+@pytest.mark.parametrize("cu", [[-3, 4, 8], [0, 3, 100], [0, 6, 2, 8], [0, 9, 20], [5, 2]])
+def test_triton_kernel_clamps_device_cu_seqlens(cu):
+    """On a device cu_seqlens is not validated (a sync); the kernel must still never read or write out
+    of bounds: sequence n runs over tokens [bos, eos) with bos = clamp(cu[n], 0, T) and
+    eos = clamp(cu[n+1], bos, T). The launcher is called directly (as the op does for a device
+    tensor), with q/k/v/g/beta inside NaN-filled buffers so that any read outside them shows."""
+    pytest.importorskip("triton")
+    from interns2_fast.kernels import gdn_recurrent as kr
+
+    T, N = 8, len(cu) - 1
+    x = make_inputs(1, T, 2, 4, 8, 8, torch.float32, N=N)
+    q, k, v, g, beta = (_guarded(x[n]) for n in ("q", "k", "v", "g", "beta"))
+    spans = []
+    for n in range(N):
+        bos = min(max(cu[n], 0), T)
+        spans.append((bos, min(max(cu[n + 1], bos), T)))
+    once = torch.zeros(T, dtype=torch.int64)
+    for a, b in spans:
+        once[a:b] += 1
+    for ctype in (torch.int32, torch.int64):
+        o, s = kr.fused_recurrent_gated_delta_rule(q, k, v, g, beta, initial_state=x["initial_state"],
+                                                   output_final_state=True, cu_seqlens=torch.tensor(cu, dtype=ctype))
+        assert torch.isfinite(s).all(), "a read outside the tokens (NaN guard) reached the state"
+        for n, (a, b) in enumerate(spans):
+            o_ref, s_ref = ops.fused_recurrent_gated_delta_rule(
+                *(x[m][:, a:b] for m in ("q", "k", "v", "g", "beta")), initial_state=x["initial_state"][n:n + 1],
+                output_final_state=True, backend="torch")
+            assert_close(s[n:n + 1], s_ref, torch.float32, f"state {n}")
+            mine = once[a:b] == 1  # positions no other sequence writes too
+            assert_close(o[:, a:b][:, mine], o_ref[:, mine], torch.float32, f"o {n}")

@@ -208,9 +208,60 @@ def test_triton_gemms_skip_blocks_past_num_rows():
     inter = torch.full((max_rows, I), float("nan"))
     n_tasks = (max_rows // bm) * (I // min(km.GU_BLOCK_N, I))
     km._gate_up_kernel[(_device.persistent_grid(hidden.device, n_tasks, cube=True),)](
-        hidden, gu, inter, plan.sorted_slots, plan.block_expert, plan.num_rows, T * k, n_tasks,
+        hidden, gu, inter, plan.sorted_slots, plan.block_expert, plan.num_rows, T * k, n_tasks, E,
         H=H, I=I, K_TOP=k, BLOCK_M=bm, BLOCK_N=min(km.GU_BLOCK_N, I), BLOCK_K=min(km.GU_BLOCK_K, H), DOT_FP32=True)
     assert torch.isfinite(inter[:used]).all() and torch.isnan(inter[used:]).all()
     # padding rows inside a group are computed from zero input: exactly zero
     pad = plan.sorted_slots[:used] == T * k
     assert pad.any() and (inter[:used][pad] == 0).all()
+
+
+# ------------------------------------------------------------------------------- bad expert ids
+
+
+@pytest.mark.parametrize("T, k", [(4, 2), (40, 4)], ids=["decode", "plan"])
+@pytest.mark.parametrize("id_dtype", [torch.int64, torch.int32])
+def test_triton_experts_drop_out_of_range_ids_without_reading_out_of_bounds(T, k, id_dtype):
+    """Device ids are not validated (a sync): the kernels must never read an expert's weights out of
+    bounds, and a slot with an id outside [0, E) contributes nothing. The weights sit between two
+    NaN-filled guard experts, so a read past either end shows up as NaN. The launcher is called
+    directly (as the op does for a device tensor)."""
+    pytest.importorskip("triton")
+    from interns2_fast.kernels import moe_experts as km
+
+    E = 6
+    hidden, ids, w, gu, dn = make(T, E, k, torch.float32)
+    bad = torch.zeros_like(ids, dtype=torch.bool)
+    bad[0, 0] = bad[1, k - 1] = bad[T - 1, 0] = True
+    wild = [-1, E, 2**40 if id_dtype == torch.int64 else 2**30]
+    ids_bad = ids.clone()
+    for (t, j), v in zip(bad.nonzero().tolist(), wild):
+        ids_bad[t, j] = v
+    gu_buf = torch.full((E + 2, *gu.shape[1:]), float("nan"))
+    dn_buf = torch.full((E + 2, *dn.shape[1:]), float("nan"))
+    gu_buf[1:E + 1], dn_buf[1:E + 1] = gu, dn
+    out = km.moe_experts(hidden, ids_bad.to(id_dtype), w, gu_buf[1:E + 1], dn_buf[1:E + 1], plan_fn=km_plan(),
+                         force_plan=T * k > km.DECODE_SLOTS)
+    assert torch.isfinite(out).all()
+    # the same op with the bad slots' weights set to 0 (and any valid id there)
+    want = ops.moe_experts(hidden, torch.where(bad, 0, ids), torch.where(bad, 0.0, w), gu, dn, backend="torch")
+    rms, mx = _metrics(out, want)
+    assert rms <= 1e-5 and mx <= 1e-5, (rms, mx)
+
+
+def km_plan():
+    from interns2_fast.kernels import moe_routing as kr
+
+    return kr.moe_align  # the plan launcher itself: no host-side id check in between
+
+
+def test_out_of_range_ids_in_host_memory_are_an_error():
+    hidden, ids, w, gu, dn = make(3, 4, 2, torch.float32)
+    for v in (-1, 4):
+        bad = ids.clone()
+        bad[1, 0] = v
+        for backend in ("reference", *BACKENDS):
+            if backend == "triton":
+                pytest.importorskip("triton")
+            with pytest.raises(ValueError, match=r"moe_experts: topk_ids must lie in \[0, 4\)"):
+                ops.moe_experts(hidden, bad, w, gu, dn, backend=backend)

@@ -361,7 +361,7 @@ def test_align_bad_inputs():
         moe_align(ids, 0, 16)
     with pytest.raises(ValueError, match="moe_align"):
         moe_align(ids, 8, 0)
-    with pytest.raises(ValueError, match="moe_align"):
+    with pytest.raises(TypeError, match="moe_align: block_size must be an integer"):
         moe_align(ids, 8, 16.0)
 
 
@@ -409,3 +409,95 @@ def test_torch_backends_do_not_sync():
     for renorm in (True, False):
         out = _sync_free(lambda h, w: moe_route(h, w, k, renormalize=renorm, backend="torch"), hidden, weight)
         assert [tuple(t.shape) for t in out] == [(T, E), (T, k), (T, k)]
+
+
+# ------------------------------------------------------------------ integral arguments, NaN input
+
+
+@pytest.mark.parametrize("backend", ("reference", *BACKENDS))
+def test_top_k_takes_any_integral_number_but_not_a_bool(backend):
+    import numpy as np
+
+    hidden, weight = _router_inputs(5, 8, 16, torch.float32)
+    want = moe_route(hidden, weight, 2, backend=backend)
+    for k in (np.int64(2), np.int32(2), torch.tensor(2)):
+        got = moe_route(hidden, weight, k, backend=backend)
+        assert all(torch.equal(a, b) for a, b in zip(got, want)), type(k)
+    for bad, error in ((True, TypeError), (False, TypeError), (2.0, TypeError), (np.float64(2), TypeError),
+                       (0, ValueError), (9, ValueError), (-1, ValueError)):
+        with pytest.raises(error, match="moe_route: top_k must be an integer"):
+            moe_route(hidden, weight, bad, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_align_takes_integral_numbers_but_not_bools(backend):
+    import numpy as np
+
+    ids = torch.tensor([[0, 3], [2, 3], [1, 0]])
+    want = moe_align(ids, 4, 4, backend=backend)
+    got = moe_align(ids, np.int64(4), np.int32(4), backend=backend)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    with pytest.raises(TypeError, match="moe_align: num_experts must be an integer, got the bool"):
+        moe_align(ids, True, 4, backend=backend)
+    with pytest.raises(TypeError, match="moe_align: block_size must be an integer, got the bool"):
+        moe_align(ids, 4, True, backend=backend)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy, in the interpreter
+@pytest.mark.parametrize("backend", ("reference", *BACKENDS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("renormalize", [True, False])
+def test_nan_and_inf_hidden_states_give_nan_weights_and_valid_ids(backend, dtype, renormalize):
+    """The documented rule (ops.moe_route): a token with a NaN/Inf among its logits gets NaN weights
+    and valid ids (0..k-1 on torch/triton: an all-NaN row is treated as all-tied); other tokens
+    are exactly as without the bad ones."""
+    T, E, H, k = 6, 12, 32, 3
+    hidden, weight = _router_inputs(T, E, H, dtype)
+    clean = moe_route(hidden, weight, k, renormalize=renormalize, backend=backend)
+    bad_rows = [1, 3, 4]
+    hidden = hidden.clone()
+    hidden[1, 5] = float("nan")
+    hidden[3, 0] = float("inf")
+    hidden[4] = float("-inf")
+    logits, w, ids = moe_route(hidden, weight, k, renormalize=renormalize, backend=backend)
+    assert ids.dtype == torch.int64 and ((ids >= 0) & (ids < E)).all(), ids
+    assert torch.isnan(w[bad_rows]).all()
+    good = [t for t in range(T) if t not in bad_rows]
+    assert torch.equal(ids[good], clean[2][good]) and torch.equal(w[good], clean[1][good])
+    for t in bad_rows:
+        assert len(set(ids[t].tolist())) == k  # k distinct experts
+        if backend != "reference":
+            assert ids[t].tolist() == list(range(k))
+
+
+def test_triton_align_leaves_out_of_range_ids_out_of_the_plan():
+    """On a device the ids are not validated (a sync): the plan kernels must never read offsets or
+    write rows out of bounds for an id outside [0, E). Such slots are left out of the plan
+    (slot_rows = -1); the rest of the plan is the plan of the valid slots."""
+    pytest.importorskip("triton")
+    from interns2_fast.kernels import moe_routing as kr
+
+    E, bs = 6, 4
+    ids = torch.tensor([[0, 7], [-1, 2], [2, 6], [5, 2**40], [1, 0], [3, -2**35]], dtype=torch.int64)
+    n = ids.numel()
+    valid = ((ids >= 0) & (ids < E)).view(-1)
+    plan = kr.moe_align(ids, E, bs)
+    flat = ids.view(-1)
+    assert plan.expert_counts.tolist() == torch.bincount(flat[valid], minlength=E).tolist()
+    assert (plan.slot_rows[~valid] == -1).all()
+    rows = plan.slot_rows[valid].long()
+    assert torch.equal(plan.sorted_slots[rows].long(), torch.arange(n)[valid])
+    used = plan.sorted_slots[: int(plan.num_rows)]
+    placed = used[used != n]
+    assert sorted(placed.tolist()) == torch.arange(n)[valid].tolist()  # each valid slot once, no invalid one
+    assert (plan.sorted_slots[int(plan.num_rows):] == n).all()
+    for s in torch.arange(n)[valid].tolist():  # each valid slot sits in its expert's group
+        e = int(flat[s])
+        assert int(plan.expert_offsets[e]) <= int(plan.slot_rows[s]) < int(plan.expert_offsets[e + 1])
+
+
+def test_align_rejects_out_of_range_ids_in_host_memory():
+    for bad in (torch.tensor([[0, 4]]), torch.tensor([[-1, 0]])):
+        for backend in BACKENDS:
+            with pytest.raises(ValueError, match=r"moe_align: topk_ids must lie in \[0, 4\)"):
+                moe_align(bad, 4, 16, backend=backend)

@@ -57,7 +57,7 @@ def test_inplace_state_needs_a_state():
          "conv_state must have shape"),
         (lambda: ops.rms_norm_gated(torch.randn(3, 8), torch.randn(3, 4), torch.randn(8)), "gate must have shape"),
         (lambda: ops.rms_norm_gated(torch.randn(3, 8), torch.randn(3, 8), torch.randn(4)), "weight must have shape"),
-        (lambda: ops.gdn_gating(torch.randn(4), torch.randn(2, 3), torch.randn(4), torch.randn(2, 3)), "head axis"),
+        (lambda: ops.gdn_gating(torch.randn(4), torch.randn(2, 3), torch.randn(4), torch.randn(2, 3)), "A_log must have shape"),
         (lambda: ops.moe_route(torch.randn(3, 8), torch.randn(4, 8), 5), "top_k"),
         (lambda: ops.moe_route(torch.randn(3, 8), torch.randn(4, 6), 2), "weight must have shape"),
         (lambda: ops.moe_experts(torch.randn(3, 8), torch.zeros(3, 2, dtype=torch.long), torch.rand(3, 2),

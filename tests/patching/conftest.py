@@ -52,6 +52,8 @@ def linear_states(cache, layer_ids):
     for i in layer_ids:
         if hasattr(cache, "get_conv_state"):
             out.append((cache.get_conv_state(i), cache.get_recurrent_state(i)))
+        elif callable(getattr(cache, "has_previous_state", None)):  # transformers 5.13-5.15
+            out.append((cache.layers[i].conv_states[0], cache.layers[i].recurrent_states[0]))
         else:
             out.append((cache.conv_states[i], cache.recurrent_states[i]))
     return out

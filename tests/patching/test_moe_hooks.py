@@ -153,3 +153,65 @@ def test_sparse_block_keeps_router_hooks():
     finally:
         handle.remove()
     assert len(seen) == 1 and seen[0].shape == (4, E)
+
+
+def _router_logits(model, ids):
+    with torch.no_grad():
+        return model(ids, output_router_logits=True).router_logits
+
+
+@pytest.mark.parametrize("poison", ["meta", "nan"])
+def test_router_semantics_not_poisoned_by_meta_or_uninitialised_weights(monkeypatch, poison):
+    """A model whose router weights are on `meta` (init_empty_weights) or never initialised (NaN
+    garbage) is patched FIRST; a real model of the same class patched after it must still return
+    exactly the unpatched model's router_logits (probabilities on 5.2, logits later)."""
+    from accelerate import init_empty_weights
+
+    from interns2_fast import models
+    from interns2_fast.patching import patch
+
+    monkeypatch.setattr(hooks, "_ROUTER_RETURNS_PROBS", {})  # as in a fresh process
+    cfg = models.tiny_config("qwen3_5_moe")
+    cfg._attn_implementation = "eager"
+    if poison == "meta":
+        with init_empty_weights():
+            first = models._causal_lm_class("qwen3_5_moe")(cfg)
+        assert first.model.layers[0].mlp.gate.weight.device.type == "meta"
+    else:
+        first = models._causal_lm_class("qwen3_5_moe")(cfg)
+        with torch.no_grad():
+            for layer in first.model.layers:
+                layer.mlp.gate.weight.fill_(float("nan"))
+    patch(first, ops=("moe",))
+    model = models.build_causal_lm("qwen3_5_moe")
+    ids = torch.randint(0, model.config.vocab_size, (1, 11))
+    want = _router_logits(model, ids)
+    report = patch(model, ops=("moe",))
+    assert report.counts().get("moe") == 2 * model.config.num_hidden_layers, report.summary()
+    got = _router_logits(model, ids)
+    assert len(got) == len(want) > 0
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    if poison == "meta":
+        assert first.model.layers[0].mlp.gate.weight.device.type == "meta"  # the probe never touched it
+
+
+def test_router_probe_same_answer_on_meta_twin_and_real_router():
+    from accelerate import init_empty_weights
+
+    from transformers import Qwen3_5MoeTextConfig
+    from transformers.models.qwen3_5_moe.modeling_qwen3_5_moe import Qwen3_5MoeSparseMoeBlock
+
+    cfg = Qwen3_5MoeTextConfig(hidden_size=H, num_experts=E, num_experts_per_tok=K, moe_intermediate_size=I,
+                               shared_expert_intermediate_size=I, num_hidden_layers=1)
+    with init_empty_weights():
+        meta = Qwen3_5MoeSparseMoeBlock(cfg).gate
+    real = tiny_block().gate
+    x = torch.randn(3, H)
+    with torch.no_grad():
+        first = real(x)[0]
+    returns_probs = bool(torch.allclose(first.sum(-1), torch.ones(3)) and (first >= 0).all())
+    assert hooks._probe_router_class(real) is returns_probs
+    assert hooks._probe_router_class(meta) is returns_probs
+    assert meta.weight.device.type == "meta" and real.weight.abs().sum() > 0  # neither instance was changed

@@ -65,6 +65,12 @@ def test_greedy_generation_and_cache_continuity(model_factory, ph, family):
                           ph.linear_states(second.past_key_values, lin))
     ref, got = runs["reference"], runs["patched"]
     assert torch.equal(got[0], ref[0]) and torch.equal(got[2], ref[2])
+    from interns2_fast.patching.state import get_state
+
+    # the patched path ran with the cache (an unknown cache protocol would hand calls back to transformers)
+    unknown = {name: get_state(m).extra["unknown_cache"] for name, m in model.named_modules()
+               if get_state(m) is not None and "unknown_cache" in get_state(m).extra}
+    assert unknown == {}, unknown
     for states_ref, states_got in ((ref[1], got[1]), (ref[3], got[3])):
         for (c_ref, r_ref), (c_got, r_got) in zip(states_ref, states_got):
             assert c_got.shape == c_ref.shape and r_got.shape == r_ref.shape
@@ -209,7 +215,9 @@ def test_multi_token_continuation_of_a_cached_conversation(model_factory, family
     a = torch.randint(0, model.config.vocab_size, (1, 9))
     b = torch.randint(0, model.config.vocab_size, (1, 5))
     with torch.no_grad():
-        legacy = not hasattr(model(a[:, :2], use_cache=True).past_key_values, "get_conv_state")
+        pkv = model(a[:, :2], use_cache=True).past_key_values
+        # 5.2's cache (lists conv_states / recurrent_states); 5.13-5.15 and later keep per-layer objects
+        legacy = hasattr(pkv, "conv_states") and not hasattr(pkv, "get_conv_state")
 
     def continuation():
         cache = model(a, use_cache=True).past_key_values

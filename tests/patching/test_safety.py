@@ -97,8 +97,10 @@ def test_deepcopy_computes_with_the_copys_weights(model_factory):
 
 
 @pytest.mark.parametrize("how", ["pickle", "torch.save"])
-def test_pickle_and_torch_save_round_trip(how, model_factory):
-    model = model_factory("qwen3_5_moe")
+def test_pickle_and_torch_save_round_trip(how):
+    # a fresh model: transformers' own output-capturing hooks (installed on a model's first
+    # output_router_logits call) are local functions that no model can be pickled with
+    model = models.build_causal_lm("qwen3_5_moe")
     interns2_fast.patch(model)
     if how == "pickle":
         back = pickle.loads(pickle.dumps(model))
