@@ -8,7 +8,8 @@
 * `generate` — `install(model, mode)` / `uninstall(model)`: `generate()` (greedy, sampling) through
   the static step; `patch(model, static_decode=...)` calls these.
 """
-from .generate import DecodeSettings, install, runtime_for, settings_of, static_sample, transformers_loop, uninstall
+from .generate import (DecodeSettings, install, runtime_for, settings_of, static_sample, transformers_loop,
+                       uninstall)
 from .graph import MODES, CompiledRunner, EagerRunner, GraphRunner, graph_api, make_runner
 from .static_cache import StaticDecodeCache, UnsupportedCache, read_cache_states
 from .step import DecodeStep, find_parts

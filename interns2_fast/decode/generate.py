@@ -26,8 +26,9 @@ transformers' loop does, in the same order, so the tokens are the same:
    token on non-CPU devices in 5.2 — is entered once per generate() instead).
 
 On accelerators "all sequences finished?" (a host sync) is asked every `DEFERRED_STOP_CHECK` (16)
-tokens instead of every token (`DecodeSettings.stop_check_every` overrides it, on any device); steps run past the finish are cut off afterwards (the tokens and scores
-are those transformers returns). With a streamer or `return_dict_in_generate` (whose cache is
+tokens instead of every token (`DecodeSettings.stop_check_every` overrides it, on any device);
+steps run past the finish are cut off afterwards (the tokens and scores are those transformers
+returns). With a streamer or `return_dict_in_generate` (whose cache is
 written back from the static state) it is asked every token.
 
 Inside `patching.reference_mode(model)` generate() is transformers' own (loop included), silently.

@@ -123,7 +123,8 @@ def make_runner(step, kind: str, device: torch.device, *, api=None):
         runner.prepare()
         return runner
     except Exception as exc:  # noqa: BLE001  (a capture or compile that fails must not break generate())
-        note_once(f"static decode: {kind} runner unavailable ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}); "
+        first_line = (str(exc).splitlines() or [""])[0][:200]
+        note_once(f"static decode: {kind} runner unavailable ({type(exc).__name__}: {first_line}); "
                   "running the static step eagerly")
         return EagerRunner(step)
 
