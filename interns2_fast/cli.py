@@ -28,10 +28,8 @@ def _cmd_info(args) -> int:
     ops_table = Table(title="ops and their registered backends (auto on CPU: torch, else reference)")
     ops_table.add_column("op")
     ops_table.add_column("backends")
-    for op in ops.__all__:
-        if op in ("BACKENDS", "registered", "resolve"):
-            continue
-        ops_table.add_row(op, ", ".join(ops.registered(op)))
+    for name, op in ops.OPS.items():
+        ops_table.add_row(name, ", ".join(op.registered()))
     console.print(ops_table)
     return 0
 
@@ -69,7 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("lower", help="lower every kernel's production configuration for an Ascend chip")
-    p.add_argument("--target", default="Ascend910_9362")
+    from .lowering import CI_TARGETS, DEFAULT_TARGET
+
+    p.add_argument("--target", default=DEFAULT_TARGET,
+                   help=f"the chip, as bishengir-compile names it (default {DEFAULT_TARGET}; CI checks "
+                        f"{' and '.join(CI_TARGETS)})")
     p.add_argument("--json", action="store_true", help="print one JSON report")
     p.add_argument("--only", nargs="*", help="only configurations whose name contains one of these")
     p.add_argument("--module", action="append", help="collect LOWERING_CONFIGS from this module (repeatable; "

@@ -221,3 +221,42 @@ def moe_experts(hidden, topk_ids, topk_weights, gate_up_proj, down_proj):
         is_transposed=False,
     )
     return forward(experts, hidden, topk_ids, topk_weights)
+
+
+def add_rms_norm(x, residual, weight, eps=1e-6):
+    """The decoder layer's `residual + x` then its `Qwen3_5MoeRMSNorm` ((1 + w) scaling), from the
+    installed module: returns (normed, the new residual). residual None: just the norm, and x is
+    the new residual."""
+    s = x if residual is None else residual + x
+    cls = fallback_module().Qwen3_5MoeRMSNorm
+    norm = _stand_in(cls, weight=weight, eps=eps)
+    return cls.forward(norm, s), s
+
+
+def _length_mask(cache_lens, max_len, dtype, device):
+    """The additive mask transformers builds for a padded cache: 0 where j < len, the dtype's min after."""
+    keep = torch.arange(max_len, device=device)[None, :] < cache_lens.to(device=device, dtype=torch.long)[:, None]
+    mask = torch.zeros(keep.shape, dtype=dtype, device=device)
+    return mask.masked_fill(~keep, torch.finfo(dtype).min)[:, None, None, :]
+
+
+def decode_attention(q, k_cache, v_cache, cache_lens, gate=None, *, scale=None, k_new=None, v_new=None):
+    """One decode token of full attention over a static cache, as the installed attention layer
+    computes it: the new k/v written at position len - 1 (when given), the installed
+    `eager_attention_forward` over the first `len` positions (padding masked), then
+    `attn_output * sigmoid(gate)`. q, gate [B, Hq, D]; caches [B, Hkv, Lmax, D]; out [B, Hq, D]."""
+    B, Hq, D = q.shape
+    Hkv, L = k_cache.shape[1], k_cache.shape[2]
+    if k_new is not None:
+        pos = (cache_lens.long() - 1).view(B, 1, 1, 1).expand(B, Hkv, 1, D)
+        k_cache.scatter_(2, pos, k_new.to(k_cache.dtype)[:, :, None, :])
+        v_cache.scatter_(2, pos, v_new.to(v_cache.dtype)[:, :, None, :])
+    module = types.SimpleNamespace(num_key_value_groups=Hq // Hkv, training=False)
+    attn, _ = fallback_module().eager_attention_forward(
+        module, q[:, :, None, :], k_cache, v_cache, _length_mask(cache_lens, L, q.dtype, q.device),
+        scaling=D**-0.5 if scale is None else scale, dropout=0.0,
+    )
+    out = attn.reshape(B, 1, Hq * D)  # [B, T=1, Hq * D], as the layer reshapes it
+    if gate is not None:
+        out = out * torch.sigmoid(gate.reshape(B, 1, Hq * D))
+    return out.reshape(B, Hq, D)

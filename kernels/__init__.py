@@ -12,6 +12,8 @@ KERNEL_MODULES = (
     "gdn_recurrent",
     "conv1d",
     "norm_gated",
+    "rms_norm",
+    "decode_attention",
     "moe_routing",
     "moe_experts",
 )

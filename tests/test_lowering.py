@@ -57,3 +57,24 @@ def test_every_declared_config_is_well_formed():
     for cfg in lowering.collect():
         assert isinstance(cfg, LoweringConfig)
         assert "/" in cfg.name and cfg.signature
+
+
+def test_target_option_910b3_and_unknown_chip():
+    """--target picks the chip: the same probe lowers / overflows for Ascend910B3; an unknown chip fails."""
+    proc = _lower("--json", "--module", "probe_kernels", "--target", "Ascend910B3")
+    report = json.loads(proc.stdout)
+    assert report["target"] == "Ascend910B3" and report["failed"] == 1
+    by_name = {r["name"]: r for r in report["results"]}
+    assert by_name["probe/tiny"]["status"] in ("lowered", "compiled"), by_name["probe/tiny"]["error"]
+    assert "ub overflow" in by_name["probe/huge"]["error"]
+    proc = _lower("--json", "--module", "probe_kernels", "--only", "tiny", "--target", "Ascend999")
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 1 and "Ascend999" in report["results"][0]["error"]
+
+
+@pytest.mark.parametrize("target", ["Ascend910_9362", "Ascend910B3"])
+@pytest.mark.parametrize("family", ["rms_norm/", "decode_attention/"])
+def test_new_kernel_configs_lower_for_both_targets(family, target):
+    proc = _lower("--only", family, "--target", target)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"for {target}" in proc.stderr and " 0 failed" in proc.stdout

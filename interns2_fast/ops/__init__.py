@@ -14,6 +14,8 @@ from .gdn import (
 )
 from .moe import RoutingPlan, moe_align, moe_align_max_rows, moe_experts, moe_route
 from .norm_gated import rms_norm_gated
+from .rms_norm import add_rms_norm
+from .decode_attention import decode_attention
 
 __all__ = [
     "BACKENDS",
@@ -28,6 +30,8 @@ __all__ = [
     "causal_conv1d_fn",
     "causal_conv1d_update",
     "rms_norm_gated",
+    "add_rms_norm",
+    "decode_attention",
     "moe_route",
     "moe_experts",
     "moe_align",

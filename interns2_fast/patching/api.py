@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .. import ops as _ops
-from . import discovery
+from . import decoder, discovery
 from .families import FAMILY_EXAMPLES, KINDS
 from .state import FAMILIES, FAMILY_OPS, ModuleState, VerifyRecord, get_state, install, patched_states, uninstall
 
@@ -149,7 +149,8 @@ def patch(model: nn.Module, *, ops: tuple[str, ...] | list[str] = FAMILIES, back
     """Make `model` use interns2_fast's kernels; returns a PatchReport.
 
     ops: op families to replace — "gdn" (gating + chunked/recurrent gated delta rule), "conv" (causal
-    conv1d prefill/update), "norm" (gated RMSNorm), "moe" (router + experts + sparse-MoE block).
+    conv1d prefill/update), "norm" (gated RMSNorm), "moe" (router + experts + sparse-MoE block),
+    "rmsnorm" (decoder layers: each residual add fused with the (1 + w) RMSNorm after it; final norm).
     backend: "auto" (per op, the first backend whose capability predicate holds for this module's
     shapes and device: Triton on an NPU/GPU, the PyTorch path on the CPU), or one of
     `interns2_fast.ops.BACKENDS` ("triton", "torch", "reference" = the transformers fallback
@@ -218,6 +219,24 @@ def patch(model: nn.Module, *, ops: tuple[str, ...] | list[str] = FAMILIES, back
         for path, m, st in kind.install(install, cand.path, cand.module, backends, verify, settings, cand.layout):
             states.append(st)
             patched += [PatchedModule(path, fam, runs, type(m).__name__, note) for fam, runs, note in rows]
+
+    if "rmsnorm" in ops_set:  # decoder layers: residual adds fused into the norms (patching/decoder.py)
+        notes: dict[int, str] = {}
+
+        def resolved(family, module):
+            try:
+                _, runs, note = _choose("add_rms_norm", backend, _device_of(module),
+                                        FAMILY_EXAMPLES[family](module)["add_rms_norm"])
+            except (ValueError, NotImplementedError) as exc:
+                return None, str(exc)
+            notes[id(module)] = note
+            return runs, None
+
+        done, skip = decoder.install_decoder(install, model, backend, verify, resolved)
+        states += [st for _, _, st, _ in done]
+        patched += [PatchedModule(p, "rmsnorm", name, type(m).__name__, notes.get(id(m), ""))
+                    for p, m, _, name in done]
+        skipped += [SkippedModule(p, "rmsnorm", why, type(m).__name__) for p, m, why in skip]
 
     # a repeated call describes the whole patch: modules patched before but not matched now go back
     keep = {id(s) for s in states}

@@ -82,12 +82,21 @@ def _moe_examples(block: nn.Module) -> dict[str, dict]:
     }
 
 
+def _rmsnorm_examples(m: nn.Module) -> dict[str, dict]:
+    """A decoder layer (its post-attention norm) or the final norm."""
+    norm = getattr(m, "post_attention_layernorm", m)
+    N = norm.weight.shape[0]
+    x = _meta(1, N, dtype=norm.weight.dtype)
+    return {"add_rms_norm": dict(x=x, residual=x, weight=norm.weight, eps=1e-6)}
+
+
 #: family -> example calls of its ops for a module of its kind
 FAMILY_EXAMPLES: dict[str, Callable[[nn.Module], dict[str, dict]]] = {
     "gdn": _gdn_examples,
     "conv": _conv_examples,
     "norm": _norm_examples,
     "moe": _moe_examples,
+    "rmsnorm": _rmsnorm_examples,  # installed per decoder stack by patching/decoder.py
 }
 assert set(FAMILY_EXAMPLES) == set(FAMILY_OPS)
 

@@ -42,6 +42,7 @@ FAMILY_OPS = {
     "conv": ("causal_conv1d_fn", "causal_conv1d_update"),
     "norm": ("rms_norm_gated",),
     "moe": ("moe_route", "moe_experts"),
+    "rmsnorm": ("add_rms_norm",),
 }
 FAMILIES = tuple(FAMILY_OPS)
 

@@ -57,6 +57,10 @@ def _example(name: str) -> dict:
         "moe_experts": dict(hidden=hidden, topk_ids=ids, topk_weights=torch.rand(3, k),
                             gate_up_proj=torch.randn(E, 2 * I, H), down_proj=torch.randn(E, H, I),
                             shared_expert_output=torch.randn(3, H), shared_expert_gate=torch.randn(3, 1)),
+        "add_rms_norm": dict(x=torch.randn(3, 2, 16), residual=torch.randn(3, 2, 16), weight=torch.randn(16), eps=1e-6),
+        "decode_attention": dict(q=torch.randn(2, 4, 8), k_cache=torch.randn(2, 2, 6, 8), v_cache=torch.randn(2, 2, 6, 8),
+                                 cache_lens=torch.tensor([3, 6], dtype=torch.int32), gate=torch.randn(2, 4, 8),
+                                 scale=None, k_new=torch.randn(2, 2, 8), v_new=torch.randn(2, 2, 8)),
     }[name]
 
 
@@ -76,7 +80,9 @@ def test_declared_mutation():
     assert mutates["causal_conv1d_fn"] == ("final_states_out",)
     assert mutates["fused_recurrent_gated_delta_rule"] == ("initial_state",)
     assert mutates["fused_recurrent_gated_delta_rule_with_gating"] == ("initial_state",)
-    for name in ("chunk_gated_delta_rule", "gdn_gating", "rms_norm_gated", "moe_route", "moe_align", "moe_experts"):
+    assert mutates["decode_attention"] == ("k_cache", "v_cache")
+    for name in ("chunk_gated_delta_rule", "gdn_gating", "rms_norm_gated", "moe_route", "moe_align", "moe_experts",
+                 "add_rms_norm"):
         assert mutates[name] == (), name
     schema = str(ops.OPS["causal_conv1d_update"].custom_op.default._schema)
     assert "Tensor(a!) conv_state" in schema

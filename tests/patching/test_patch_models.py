@@ -1,4 +1,4 @@
-"""patch(model) (all op families: gdn, conv, norm, moe) against the unpatched model, every model family.
+"""patch(model) (all op families: gdn, conv, norm, moe, rmsnorm) against the unpatched model, every model family.
 
 Runs on whichever transformers is installed (CI runs 5.2.0 and the newest release).
 
@@ -16,7 +16,7 @@ from interns2_fast import models, ops
 from interns2_fast.patching import patch, reference_mode, unpatch
 
 FAMILIES = models.FAMILIES
-ALL_OPS = ("gdn", "conv", "norm", "moe")
+ALL_OPS = ("gdn", "conv", "norm", "moe", "rmsnorm")
 GDN_OPS = ("gdn", "conv", "norm")
 
 
@@ -31,7 +31,8 @@ def test_forward_matches_reference(model_factory, ph, family, dtype):
         out = model(ids).logits.float()
         anchor = model_factory(family, torch.float32)(ids).logits if dtype != torch.float32 else None
     n_lin = len(ph.linear_layer_ids(model))
-    want = {"gdn": n_lin, "conv": n_lin, "norm": n_lin}
+    # rmsnorm: every decoder layer and the final norm
+    want = {"gdn": n_lin, "conv": n_lin, "norm": n_lin, "rmsnorm": model.config.num_hidden_layers + 1}
     if family != "qwen3_5":  # router + block per MoE layer
         want["moe"] = 2 * model.config.num_hidden_layers
     assert report.counts() == want, report.summary()

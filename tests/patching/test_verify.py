@@ -39,6 +39,7 @@ CASES = {
     "chunk_gated_delta_rule": ("linear_attn", _scaled),
     "causal_conv1d_update": ("linear_attn", _corrupt_state),
     "moe_experts": ("mlp", _scaled),
+    "add_rms_norm": ("", _scaled),  # decoder layers / final norm
 }
 
 

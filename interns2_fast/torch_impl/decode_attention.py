@@ -1,0 +1,35 @@
+"""GQA decode attention over a static KV cache in plain PyTorch, with the eager path's rounding.
+
+One decode token per sequence: q [B, Hq, D] against k_cache / v_cache [B, Hkv, Lmax, D] of which
+the first cache_lens[b] positions are valid (a device tensor: no host read). The Hq / Hkv query
+heads of a kv head are one [G, D] matrix against that head's cache (no repeat_kv copy); scores
+and probabilities are rounded to the input dtype where `eager_attention_forward` rounds them
+(scores after the product and after the scale, probabilities after the fp32 softmax), positions
+past the length get the dtype's min as the eager mask does. The optional new k/v are written at
+position len - 1 first; the sigmoid output gate is applied in the input dtype.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def decode_attention(q, k_cache, v_cache, cache_lens, gate=None, *, scale=None, k_new=None, v_new=None):
+    """See `interns2_fast.ops.decode_attention`."""
+    B, Hq, D = q.shape
+    Hkv, L = k_cache.shape[1], k_cache.shape[2]
+    G = Hq // Hkv
+    lens = cache_lens.to(torch.long)
+    if k_new is not None:
+        pos = (lens - 1).view(B, 1, 1, 1).expand(B, Hkv, 1, D)
+        k_cache.scatter_(2, pos, k_new.to(k_cache.dtype).view(B, Hkv, 1, D))
+        v_cache.scatter_(2, pos, v_new.to(v_cache.dtype).view(B, Hkv, 1, D))
+    scale = D**-0.5 if scale is None else scale
+    qg = q.view(B, Hkv, G, D)
+    scores = torch.matmul(qg, k_cache.transpose(2, 3)).mul_(scale)  # [B, Hkv, G, L], in q's dtype
+    pad = torch.arange(L, device=q.device).view(1, 1, 1, L) >= lens.view(B, 1, 1, 1)
+    scores.masked_fill_(pad, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    out = torch.matmul(probs, v_cache).view(B, Hq, D)
+    if gate is not None:
+        out = out * torch.sigmoid(gate)
+    return out

@@ -1,0 +1,39 @@
+"""Residual add + RMSNorm with (1 + w) scaling in plain PyTorch, with the transformers rounding.
+
+    s   = residual + x                       # in the tensors' dtype (the decoder layer's add)
+    out = (rmsnorm_fp32(s) * (1 + w_fp32)).to(s.dtype)
+
+the same roundings as the decoder layer followed by `Qwen3_5MoeRMSNorm.forward`, as one
+`torch.rms_norm` call with the fp32 (1 + w) as its weight. (1 + w) is kept per weight tensor and
+recomputed when the weight changes (its version counter) or is gone: per call that is two ops
+fewer than forming it again (on an NPU every op is a launch).
+"""
+from __future__ import annotations
+
+import weakref
+
+import torch
+
+_ONE_PLUS_W: dict[int, tuple] = {}  # id(weight) -> (weakref(weight), version, device, (1 + w) fp32)
+
+
+def _one_plus_w(weight: torch.Tensor) -> torch.Tensor:
+    if weight.requires_grad and torch.is_grad_enabled():
+        return weight.to(torch.float32) + 1.0
+    key = id(weight)
+    hit = _ONE_PLUS_W.get(key)
+    if hit is not None and hit[0]() is weight and hit[1] == weight._version and hit[2] == weight.device:
+        return hit[3]
+    w1 = weight.detach().to(torch.float32) + 1.0
+    if len(_ONE_PLUS_W) > 4096:  # weights of models long gone
+        for k in [k for k, v in _ONE_PLUS_W.items() if v[0]() is None]:
+            del _ONE_PLUS_W[k]
+    _ONE_PLUS_W[key] = (weakref.ref(weight), weight._version, weight.device, w1)
+    return w1
+
+
+def add_rms_norm(x, residual, weight, eps=1e-6):
+    """See `interns2_fast.ops.add_rms_norm`. Any width; any leading shape."""
+    s = x if residual is None else residual + x
+    out = torch.rms_norm(s.to(torch.float32), (s.shape[-1],), _one_plus_w(weight), eps)
+    return (out if out.dtype == s.dtype else out.to(s.dtype)), s
