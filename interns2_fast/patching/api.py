@@ -144,7 +144,8 @@ def _choose(op_name: str, backend: str, device: torch.device, example: dict) -> 
 
 
 def patch(model: nn.Module, *, ops: tuple[str, ...] | list[str] = FAMILIES, backend: str = "auto",
-          verify: bool | str = False, fix_legacy_continuation: bool = False) -> PatchReport:
+          verify: bool | str = False, fix_legacy_continuation: bool = False,
+          static_decode: bool | str = True) -> PatchReport:
     """Make `model` use interns2_fast's kernels; returns a PatchReport.
 
     ops: op families to replace — "gdn" (gating + chunked/recurrent gated delta rule), "conv" (causal
@@ -163,6 +164,10 @@ def patch(model: nn.Module, *, ops: tuple[str, ...] | list[str] = FAMILIES, back
     5.2) restart the linear-attention state when a cached conversation continues with several new
     tokens at once (a second generate() reusing past_key_values). By default the patched layers do
     the same (patched == reference); True makes them continue from the cached state (as 5.15+ does).
+
+    static_decode: True (default) makes `model.generate()` decode through preallocated caches and one
+    fixed-address step, captured in a device graph on CUDA / Ascend (`interns2_fast.decode`); "eager",
+    "graph" or "compile" pick the runner; False keeps transformers' decode loop.
 
     Modules are found by structure (see `patching.discovery`), so transformers' qwen3_5_moe,
     qwen3_5, qwen3_next and the Intern-S2-Preview remote code all work. Only this model's module
@@ -241,6 +246,9 @@ def patch(model: nn.Module, *, ops: tuple[str, ...] | list[str] = FAMILIES, back
             uninstall(m)
     report = PatchReport(patched, skipped, ops_set, backend, verify, states)
     model.__dict__["_interns2_fast_report"] = report
+    from .. import decode
+
+    decode.install(model, static_decode)
     logger.info("interns2_fast: %s", report.summary())
     return report
 
@@ -249,6 +257,9 @@ def unpatch(model: nn.Module) -> int:
     """Restore every patched module of `model` to its original forward; returns how many were restored."""
     n = sum(uninstall(m) for m in model.modules())
     model.__dict__.pop("_interns2_fast_report", None)
+    from .. import decode
+
+    decode.uninstall(model)
     return n
 
 
