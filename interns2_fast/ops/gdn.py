@@ -129,20 +129,16 @@ def _chunk_triton(**kw):
 # --- recurrent decode -------------------------------------------------------------------------------
 
 def _drop_inplace_state(args, out):
-    """An in-place final state is the caller's `initial_state`: not returned through the custom op.
-    No state crosses the op as an empty tensor: a mutating custom op must return plain `Tensor`s for
-    torch.compile to functionalize it (`Tensor?` returns are not auto-functionalizable)."""
+    """An in-place final state is the caller's `initial_state`: not returned through the custom op."""
     o, s = out
-    if s is None or (args["inplace_final_state"] and s is args["initial_state"]):
-        return o, o.new_empty(0)
-    return o, s
+    return (o, None) if (args["inplace_final_state"] and s is args["initial_state"]) else (o, s)
 
 
 def _return_inplace_state(args, out):
     o, s = out
     if args["inplace_final_state"]:
         return o, args["initial_state"]
-    return o, (None if s.numel() == 0 else s)
+    return o, s
 
 
 def _grad_without_inplace(reference_impl, args):
@@ -159,13 +155,12 @@ def _grad_without_inplace(reference_impl, args):
 
 
 def _recurrent_fake(q, v, initial_state, cu_seqlens, output_final_state, inplace_final_state, **_):
-    o, s = _gdn_fake(q, v, initial_state, cu_seqlens, output_final_state or inplace_final_state,
+    return _gdn_fake(q, v, initial_state, cu_seqlens, output_final_state or inplace_final_state,
                      inplace=inplace_final_state)
-    return o, (o.new_empty(0) if s is None else s)
 
 
 @define(f"({_GDN_ARGS.replace('Tensor? initial_state', 'Tensor(a!)? initial_state')}, "
-        "bool inplace_final_state) -> (Tensor, Tensor)",
+        "bool inplace_final_state) -> (Tensor, Tensor?)",
         fake=_recurrent_fake, strip=_drop_inplace_state, finish=_return_inplace_state,
         grad_path=_grad_without_inplace, empty=_gdn_empty)
 def fused_recurrent_gated_delta_rule(q, k, v, g, beta, *, scale=None, initial_state=None, output_final_state=False,
@@ -237,7 +232,7 @@ def _gating_triton(**kw):
 
 @define("(Tensor q, Tensor k, Tensor v, Tensor a, Tensor b, Tensor A_log, Tensor dt_bias, float? scale, "
         "Tensor(a!)? initial_state, bool output_final_state, bool use_qk_l2norm_in_kernel, "
-        "bool inplace_final_state, Tensor? cu_seqlens) -> (Tensor, Tensor)",
+        "bool inplace_final_state, Tensor? cu_seqlens) -> (Tensor, Tensor?)",
         fake=_recurrent_fake, strip=_drop_inplace_state, finish=_return_inplace_state,
         grad_path=_grad_without_inplace, empty=_gdn_empty)
 def fused_recurrent_gated_delta_rule_with_gating(q, k, v, a, b, A_log, dt_bias, *, scale=None, initial_state=None,

@@ -181,6 +181,9 @@ def patch(model: nn.Module, *, ops: tuple[str, ...] | list[str] = FAMILIES, back
         raise ValueError(f"interns2_fast.patch: unknown op families {unknown}; expected a subset of {FAMILIES}")
     if verify not in (False, True, "strict"):
         raise ValueError(f"interns2_fast.patch: verify must be False, True or 'strict', got {verify!r}")
+    if static_decode not in (True, False, "eager", "graph", "compile"):
+        raise ValueError(f"interns2_fast.patch: static_decode must be True, False, 'eager', 'graph' or 'compile', "
+                         f"got {static_decode!r}")
     if backend != "auto" and backend not in _ops.BACKENDS:
         raise ValueError(f"interns2_fast.patch: unknown backend {backend!r}; expected 'auto' or one of {_ops.BACKENDS}")
     if not isinstance(model, nn.Module):
