@@ -97,6 +97,8 @@ class Backend:
 _ARG_RE = re.compile(r"^\s*(?P<type>[A-Za-z]+(?:\([a-z]!\))?\??(?:\[\])?)\s+(?P<name>\w+)\s*$")
 _LOGGED: set = set()
 OPS: dict[str, "Op"] = {}
+#: True when tensors on the meta device run the op's chosen backend (False: its fake kernel)
+META_RUNS_BACKENDS = True
 
 
 def _log_once(msg: str, *args) -> None:
@@ -153,8 +155,13 @@ class Op:
         torch.library.register_fake(f"{NAMESPACE}::{self.name}", fake_kernel, lib=_LIB)
         # Tensors on the meta device run the chosen backend itself (on meta), not the fake kernel: that
         # is how the tests prove a backend never reads a value back to the host. FakeTensors (torch.compile,
-        # shape propagation) use `fake`.
-        _LIB.impl(self.name, self._kernel, "Meta")
+        # shape propagation) use `fake`. Older torch (seen on 2.9) refuses a Meta kernel beside a fake
+        # one: there the meta device gets the fake kernel (`META_RUNS_BACKENDS` says which).
+        global META_RUNS_BACKENDS
+        try:
+            _LIB.impl(self.name, self._kernel, "Meta")
+        except RuntimeError:
+            META_RUNS_BACKENDS = False
         self.custom_op = getattr(getattr(torch.ops, NAMESPACE), self.name)
         OPS[self.name] = self
 

@@ -122,8 +122,11 @@ def test_detectors_catch_a_deliberate_item(decode_setup, monkeypatch):
     monkeypatch.setitem(ops.OPS["rms_norm_gated"].backends, "torch", Backend("torch", syncing_norm))
     syncs, _ = numerics.count_host_syncs(_decode_step(model, copy.deepcopy(cache), "cpu"))
     assert syncs.get("aten::item", 0) >= 1
-    meta_model, meta_cache = _meta_copy(model, cache)
-    patch(meta_model, backend="torch")
-    with pytest.raises((RuntimeError, NotImplementedError)):
-        _decode_step(meta_model, meta_cache, "meta")()
+    from interns2_fast.ops import _registry
+
+    if _registry.META_RUNS_BACKENDS:  # this torch runs the backend itself on meta tensors (2.13 does; 2.9 not)
+        meta_model, meta_cache = _meta_copy(model, cache)
+        patch(meta_model, backend="torch")
+        with pytest.raises((RuntimeError, NotImplementedError)):
+            _decode_step(meta_model, meta_cache, "meta")()
     assert "torch" in ops.registered("rms_norm_gated")
