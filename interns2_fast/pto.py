@@ -5,8 +5,8 @@ Two builds of the same kernel sources (see csrc/build.py):
     kernels' arithmetic, fp32 only (the simulator's bf16 is fp16 with this toolchain).
   * NPU tensors -> libi2f_pto_npu.so (CANN's bisheng, dav-c220-vec) through ctypes on torch_npu's
     current stream. Never built nor run by this project: unverified on hardware.
-`auto` never picks this backend (interns2_fast.device.auto_backends does not list it) until it has
-been measured on an NPU.
+`auto` never picks this backend (interns2_fast.device.auto_backends does not list it): no NPU
+timing of it exists.
 
     python -m interns2_fast.pto build [--force] [--if-available] [--npu]
     python -m interns2_fast.pto info

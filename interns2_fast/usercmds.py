@@ -496,8 +496,8 @@ def cmd_demo(args) -> int:
     e.add_row(f"patched ({backends}), static decode ({runner} step)", f"{t_pat:.3f}", f"{n / t_pat:.1f}")
     console.print(e)
     if per_token is not None:
-        c = Table(title="host work per decode token (torch.profiler; what an NPU pays per token in eager mode: "
-                        "each ATen op is a launch, each sync drains the queue)")
+        c = Table(title="host work per decode token (torch.profiler on this machine; in eager mode on an NPU "
+                        "each ATen op would be a launch and each sync would drain the queue: BRIEF §9)")
         for col in ("path", "ATen ops / token", "host syncs / token", "device graphs / token"):
             c.add_column(col, justify="left" if col == "path" else "right")
         for label, row in per_token:
