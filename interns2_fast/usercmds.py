@@ -342,7 +342,8 @@ def _op_timings(recorded: dict, device, reps: int):
             with torch.no_grad():
                 return op(*a, backend=b, **kw)
 
-        resolved = op.select(backend, op.device_of(op.bind(args, kwargs)), op.bind(args, kwargs))
+        bound = op.bind(args, kwargs)
+        resolved = op.select(backend, op.device_of(bound), bound)
         shown = next((a for a in args if hasattr(a, "shape") and a.dim() >= 2), args[0])  # the activations
         shape = "x".join(str(d) for d in shown.shape)
         rows.append((family, name, phase, shape, _time_call(lambda: run("reference"), device, reps),

@@ -24,7 +24,7 @@ Calling an op:
      explicit backend that cannot take the input raises before any launch;
   3. autograd policy: with grad enabled and any tensor argument requiring grad, the op runs its
      reference backend directly — the installed transformers fallback, differentiable — so no
-     gradient is ever missing or wrong (`Op.backward == "reference"`);
+     gradient is ever missing or wrong (an op may give `grad_path`: how it calls its reference then);
   4. otherwise `torch.ops.interns2_fast.<name>` runs: one node for torch.compile / fake tensors /
      the meta device, its mutation declared in the schema.
 
@@ -36,8 +36,9 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
+import operator
 import re
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
@@ -83,10 +84,6 @@ BACKEND_DEVICE_CHECKS: dict[str, Callable[[torch.device], tuple[bool, str]]] = {
     "pto": _pto_on,
 }
 
-#: What `Op.backward` may say: "reference" = a grad-requiring call runs the differentiable reference.
-BACKWARD_POLICIES = ("reference",)
-
-
 @dataclasses.dataclass(frozen=True)
 class Backend:
     name: str
@@ -113,8 +110,7 @@ class Op:
     """One op: schema, mutated arguments, fake kernel, backends with capability predicates."""
 
     def __init__(self, validator: Callable, schema: str, *, fake: Callable, strip: Callable | None,
-                 finish: Callable | None, backward: str, grad_path: Callable | None = None,
-                 empty: Callable | None = None):
+                 finish: Callable | None, grad_path: Callable | None = None, empty: Callable | None = None):
         self.name = validator.__name__
         self.__doc__ = validator.__doc__
         self.__name__ = self.name
@@ -133,9 +129,8 @@ class Op:
         #: the arguments the op writes in place (declared `(a!)` in its schema)
         self.mutates = tuple(m["name"] for m in parsed if "!" in m["type"])
         self.tensor_args = tuple(m["name"] for m in parsed if m["type"].startswith("Tensor"))
-        if backward not in BACKWARD_POLICIES:
-            raise ValueError(f"{self.name}: backward must be one of {BACKWARD_POLICIES}")
-        self.backward = backward
+        #: `int` arguments: any integral number the validator accepts reaches the backends as a Python int
+        self.int_args = tuple(m["name"] for m in parsed if m["type"] == "int")
         self.backends: dict[str, Backend] = {}
         self._strip, self._finish, self._grad_path, self._empty = strip, finish, grad_path, empty
         # Optional results (`Tensor?`) are declared `Tensor` and carried as an empty uint8 sentinel:
@@ -243,6 +238,8 @@ class Op:
     def call(self, values: dict, backend: str = "auto"):
         """Validate, choose the backend, apply the autograd policy, run."""
         self.validator(**values)
+        for name in self.int_args:  # numpy integers and 0-d tensors, after the validator rejected bools
+            values[name] = operator.index(values[name])
         if self._empty is not None:  # empty inputs: one result for every backend (ops/_empty.py)
             result = self._empty(**values)
             if result is not None:
@@ -320,14 +317,13 @@ def _no_input_aliases(out, inputs: list):
 
 
 def define(schema: str, *, fake: Callable, strip: Callable | None = None, finish: Callable | None = None,
-           backward: str = "reference", grad_path: Callable | None = None,
-           empty: Callable | None = None) -> Callable[[Callable], Op]:
+           grad_path: Callable | None = None, empty: Callable | None = None) -> Callable[[Callable], Op]:
     """Decorator turning a validator into an `Op` (see the module docstring). `grad_path(reference,
     args)`, when given, is how a grad-requiring call runs the reference (e.g. without an in-place
     update that autograd would reject). `empty(**args)`, when given, returns the result for empty
     inputs (None otherwise), so that every backend agrees on them."""
-    return lambda validator: Op(validator, schema, fake=fake, strip=strip, finish=finish, backward=backward,
-                                grad_path=grad_path, empty=empty)
+    return lambda validator: Op(validator, schema, fake=fake, strip=strip, finish=finish, grad_path=grad_path,
+                                empty=empty)
 
 
 def registered(op: str) -> tuple[str, ...]:

@@ -35,7 +35,7 @@ def decode_attention(q, k_cache, v_cache, cache_lens, gate=None, *, scale=None, 
     check_tensor(op, "q", q, ndim=3)
     B, Hq, D = q.shape
     check_tensor(op, "k_cache", k_cache, ndim=4, dtypes=(q.dtype,))
-    Hkv, Lmax = k_cache.shape[1], k_cache.shape[2]
+    Hkv = k_cache.shape[1]
     if k_cache.shape[0] != B or k_cache.shape[3] != D:
         raise ValueError(f"{op}: k_cache must have shape [{B}, Hkv, Lmax, {D}], got {list(k_cache.shape)}")
     if Hkv == 0 or Hq % Hkv:

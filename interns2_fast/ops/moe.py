@@ -6,9 +6,6 @@ experts only; unverified, never chosen by `auto`).
 """
 from __future__ import annotations
 
-import functools
-import operator
-
 import torch
 
 from .. import reference
@@ -36,7 +33,7 @@ def _route_fake(hidden, weight, top_k, renormalize):
 
 @define("(Tensor hidden, Tensor weight, int top_k, bool renormalize) -> (Tensor, Tensor, Tensor)", fake=_route_fake,
         empty=lambda hidden, weight, top_k, **_:
-        _empty.moe_route(hidden, weight.shape[0], operator.index(top_k)) if hidden.shape[0] == 0 else None)
+        _empty.moe_route(hidden, weight.shape[0], top_k) if hidden.shape[0] == 0 else None)
 def moe_route(hidden, weight, top_k, *, renormalize=True):
     """Router: logits = hidden @ weight^T; fp32 softmax; top-k; renormalise the k weights to sum 1.
 
@@ -63,21 +60,10 @@ def moe_route(hidden, weight, top_k, *, renormalize=True):
     check_same_device(op, hidden=hidden, weight=weight)
 
 
-def _int_args(fn):
-    """Backends get top_k / num_experts / block_size as Python ints (numpy integers are accepted)."""
-    def call(**kw):
-        for name in ("top_k", "num_experts", "block_size"):
-            if name in kw:
-                kw[name] = operator.index(kw[name])
-        return fn(**kw)
-    return functools.wraps(fn)(call)
-
-
-moe_route.register("reference")(_int_args(reference.moe_route))
+moe_route.register("reference")(reference.moe_route)
 
 
 @moe_route.register("torch")
-@_int_args
 def _route_torch(**kw):
     from ..torch_impl import moe_routing
 
@@ -85,7 +71,6 @@ def _route_torch(**kw):
 
 
 @moe_route.register("triton")
-@_int_args
 def _route_triton(**kw):
     from ..kernels import moe_routing
 
@@ -122,7 +107,6 @@ def moe_align(topk_ids, num_experts, block_size):
 
 
 @moe_align.register("torch")
-@_int_args
 def _align_torch(**kw):
     from ..torch_impl import moe_routing
 
@@ -130,7 +114,6 @@ def _align_torch(**kw):
 
 
 @moe_align.register("triton")
-@_int_args
 def _align_triton(**kw):
     from ..kernels import moe_routing
 

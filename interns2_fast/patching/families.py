@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import gdn, moe, moe_block
+from . import gdn, moe_block
 from .state import FAMILY_OPS
 
 
@@ -132,4 +132,4 @@ KINDS: dict[str, Kind] = {
     "moe_block": Kind(("moe",), moe_block.skip_reason, _install_moe),
 }
 
-__all__ = ["FAMILY_EXAMPLES", "FAMILY_OPS", "KINDS", "Kind", "moe"]
+__all__ = ["FAMILY_EXAMPLES", "FAMILY_OPS", "KINDS", "Kind"]

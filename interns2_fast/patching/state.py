@@ -396,11 +396,10 @@ def call_op(state: ModuleState, family: str, op, *args, **kwargs):
         originals[name].copy_(clone)
     # results that alias a clone (an in-place final state) must alias the caller's tensor instead
     swap = {id(c): originals[n] for n, c in clones.items()}
-    if isinstance(reference, tuple):
-        return type(reference)(*(swap.get(id(r), r) if isinstance(r, torch.Tensor) else r for r in reference)) \
-            if hasattr(reference, "_fields") else tuple(swap.get(id(r), r) if isinstance(r, torch.Tensor) else r
-                                                        for r in reference)
-    return swap.get(id(reference), reference)
+    if not isinstance(reference, tuple):
+        return swap.get(id(reference), reference)
+    items = [swap.get(id(r), r) for r in reference]
+    return type(reference)(*items) if hasattr(reference, "_fields") else tuple(items)  # RoutingPlan is a NamedTuple
 
 
 def fire_offload_hooks(module: nn.Module, names, pre: bool) -> None:
