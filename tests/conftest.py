@@ -21,3 +21,21 @@ torch.set_num_threads(1)
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def model_factory():
+    """make(family="qwen3_5_moe", dtype=fp32) -> a cached tiny model, unpatched again after the test."""
+    from interns2_fast.patching import unpatch
+    from tiny_models import tiny_model
+
+    handed = []
+
+    def make(family="qwen3_5_moe", dtype=torch.float32):
+        m = tiny_model(family, dtype)
+        handed.append(m)
+        return m
+
+    yield make
+    for m in handed:
+        unpatch(m)

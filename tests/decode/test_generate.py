@@ -17,35 +17,9 @@ import transformers
 from transformers.generation.streamers import BaseStreamer
 
 from interns2_fast import models, patch, unpatch
-from interns2_fast.decode import generate as dec_generate
 from interns2_fast.decode import settings_of
 
 FAMILIES = ("qwen3_5_moe", "qwen3_next", "qwen3_5", "interns2_remote")
-_MODELS: dict = {}
-
-
-def tiny(family: str):
-    if family not in _MODELS:
-        _MODELS[family] = models.build_causal_lm(family)
-    m = _MODELS[family]
-    unpatch(m)
-    return m
-
-
-@pytest.fixture
-def model_of():
-    handed = []
-
-    def make(family):
-        m = tiny(family)
-        handed.append(m)
-        return m
-
-    yield make
-    for m in handed:
-        unpatch(m)
-
-
 def prompts(batch: int, length: int = 9, vocab: int = 512, seed: int = 1):
     """Random ids; rows after the first are left-padded by 3 and 1 positions (pad id 0)."""
     g = torch.Generator().manual_seed(seed)
@@ -63,8 +37,8 @@ def static_stats(model):
 
 @pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_greedy_tokens_identical_to_transformers(model_of, family, batch):
-    model = model_of(family)
+def test_greedy_tokens_identical_to_transformers(model_factory, family, batch):
+    model = model_factory(family)
     ids, mask = prompts(batch)
     kw = dict(attention_mask=mask, max_new_tokens=12, do_sample=False)
     reference = model.generate(ids, **kw)  # unpatched: transformers' loop and fallbacks
@@ -82,8 +56,8 @@ def test_greedy_tokens_identical_to_transformers(model_of, family, batch):
     assert torch.equal(static, reference)
 
 
-def test_repeated_generate_reuses_the_static_buffers(model_of):
-    model = model_of("qwen3_5_moe")
+def test_repeated_generate_reuses_the_static_buffers(model_factory):
+    model = model_factory("qwen3_5_moe")
     patch(model)
     ids, mask = prompts(3)
     first = model.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False)
@@ -99,8 +73,8 @@ def test_repeated_generate_reuses_the_static_buffers(model_of):
 
 
 @pytest.mark.parametrize("family", ["qwen3_5_moe", "interns2_remote"])
-def test_sampling_with_a_fixed_seed_matches_transformers_loop(model_of, family):
-    model = model_of(family)
+def test_sampling_with_a_fixed_seed_matches_transformers_loop(model_factory, family):
+    model = model_factory(family)
     ids, mask = prompts(3)
     kw = dict(attention_mask=mask, max_new_tokens=16, do_sample=True, temperature=0.7, top_k=40, top_p=0.9)
     patch(model, static_decode=False)
@@ -121,8 +95,8 @@ def _eos_from_reference(model, ids, mask):
     return int(out[0, ids.shape[1] + 3])
 
 
-def test_eos_and_padding_of_finished_rows(model_of):
-    model = model_of("qwen3_5_moe")
+def test_eos_and_padding_of_finished_rows(model_factory):
+    model = model_factory("qwen3_5_moe")
     ids, mask = prompts(3)
     patch(model, static_decode=False)
     eos = _eos_from_reference(model, ids, mask)
@@ -141,11 +115,11 @@ def test_eos_and_padding_of_finished_rows(model_of):
     assert torch.equal(got1, want1)
 
 
-def test_deferred_stop_check_cuts_the_overrun(model_of):
+def test_deferred_stop_check_cuts_the_overrun(model_factory):
     """Off the CPU "all finished?" is read every `stop_check_every` tokens (one host sync per
     window); steps run past the finish are cut off so the result is transformers'. Forced here
     with an explicit interval (on the CPU the default reads it every token)."""
-    model = model_of("qwen3_5_moe")
+    model = model_factory("qwen3_5_moe")
     ids, mask = prompts(1)
     patch(model, static_decode=False)
     eos = _eos_from_reference(model, ids, mask)
@@ -171,8 +145,8 @@ class _Collect(BaseStreamer):
         self.ended = True
 
 
-def test_streamer_and_return_dict(model_of):
-    model = model_of("qwen3_5_moe")
+def test_streamer_and_return_dict(model_factory):
+    model = model_factory("qwen3_5_moe")
     ids, mask = prompts(3)
     kw = dict(attention_mask=mask, max_new_tokens=8, do_sample=False, return_dict_in_generate=True,
               output_scores=True, output_logits=True)
@@ -202,8 +176,8 @@ def test_streamer_and_return_dict(model_of):
         torch.testing.assert_close(a.b, b.b, rtol=1e-4, atol=1e-5)
 
 
-def test_unsupported_modes_hand_over_with_one_note(model_of, caplog):
-    model = model_of("qwen3_5_moe")
+def test_unsupported_modes_hand_over_with_one_note(model_factory, caplog):
+    model = model_factory("qwen3_5_moe")
     ids, mask = prompts(3)
     kw = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, num_beams=2)
     patch(model, static_decode=False)
@@ -226,12 +200,12 @@ def test_unsupported_modes_hand_over_with_one_note(model_of, caplog):
     assert static_stats(model)["handed_over"] == 3 and got.hidden_states is not None
 
 
-def test_decode_mode_set_up_once_per_generate_not_per_token(model_of, monkeypatch):
+def test_decode_mode_set_up_once_per_generate_not_per_token(model_factory, monkeypatch):
     """transformers' loop enters `_optimize_model_for_decode` (on a non-CPU device: two
     `set_experts_implementation` walks over every module) around each decode step in 5.2; the
     static loop enters it once per generate(). The device is faked as non-CPU to make the walks
     happen; `set_experts_implementation` is counted, not run."""
-    model = model_of("qwen3_5_moe")
+    model = model_factory("qwen3_5_moe")
     model.config._experts_implementation = "grouped_mm"
     ids, mask = prompts(1)
     calls = []
@@ -253,8 +227,8 @@ def test_decode_mode_set_up_once_per_generate_not_per_token(model_of, monkeypatc
     assert transformers_calls == (2 * 9 if per_step else 2)
 
 
-def test_other_instances_and_unpatch_are_untouched(model_of):
-    model = model_of("qwen3_5_moe")
+def test_other_instances_and_unpatch_are_untouched(model_factory):
+    model = model_factory("qwen3_5_moe")
     other = models.build_causal_lm("qwen3_5_moe", seed=1)
     ids, mask = prompts(1)
     kw = dict(attention_mask=mask, max_new_tokens=5, do_sample=False)
@@ -270,10 +244,10 @@ def test_other_instances_and_unpatch_are_untouched(model_of):
     assert torch.equal(model.generate(ids, **kw), ref)
 
 
-def test_reference_mode_runs_transformers_loop(model_of):
+def test_reference_mode_runs_transformers_loop(model_factory):
     from interns2_fast.patching import reference_mode
 
-    model = model_of("qwen3_5_moe")
+    model = model_factory("qwen3_5_moe")
     ids, mask = prompts(3)
     want = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False)
     patch(model)
@@ -283,8 +257,8 @@ def test_reference_mode_runs_transformers_loop(model_of):
     assert torch.equal(got, want)
 
 
-def test_patched_model_deepcopies_and_pickles(model_of):
-    model = model_of("qwen3_5_moe")
+def test_patched_model_deepcopies_and_pickles(model_factory):
+    model = model_factory("qwen3_5_moe")
     patch(model)
     ids, mask = prompts(1)
     kw = dict(attention_mask=mask, max_new_tokens=6, do_sample=False)
@@ -298,8 +272,8 @@ def test_patched_model_deepcopies_and_pickles(model_of):
     assert restored.runtimes == {} and restored.mode == "auto"
 
 
-def test_static_decode_argument(model_of):
-    model = model_of("qwen3_5_moe")
+def test_static_decode_argument(model_factory):
+    model = model_factory("qwen3_5_moe")
     with pytest.raises(ValueError, match="static_decode"):
         patch(model, static_decode="sometimes")
     patch(model, static_decode="eager")

@@ -9,38 +9,13 @@ import types
 import pytest
 import torch
 
-from interns2_fast import models, patch, unpatch
+from interns2_fast import patch
 from interns2_fast.decode import graph as dec_graph
 from interns2_fast.decode import settings_of
 from interns2_fast.decode.static_cache import LayerState, StaticDecodeCache, read_cache_states
 from interns2_fast.decode.step import DecodeStep, find_parts
 from interns2_fast.host_sync import count_host_syncs
 from interns2_fast.patching import reference_mode
-
-_MODELS: dict = {}
-
-
-def tiny(family: str = "qwen3_5_moe"):
-    if family not in _MODELS:
-        _MODELS[family] = models.build_causal_lm(family)
-    m = _MODELS[family]
-    unpatch(m)
-    return m
-
-
-@pytest.fixture
-def model_of():
-    handed = []
-
-    def make(family="qwen3_5_moe"):
-        m = tiny(family)
-        handed.append(m)
-        return m
-
-    yield make
-    for m in handed:
-        unpatch(m)
-
 
 def prefill(model, batch=2, length=7):
     ids = torch.randint(1, model.config.vocab_size, (batch, length))
@@ -61,8 +36,8 @@ def build_step(model, cache, batch, max_len=32, device="cpu"):
 
 
 @pytest.mark.parametrize("family", ["qwen3_5_moe", "qwen3_next", "interns2_remote"])
-def test_every_static_buffer_keeps_its_address_across_20_steps(model_of, family):
-    model = model_of(family)
+def test_every_static_buffer_keeps_its_address_across_20_steps(model_factory, family):
+    model = model_factory(family)
     patch(model)
     B, L = 3, 6
     ids = torch.randint(1, 512, (B, L))
@@ -90,8 +65,8 @@ def _record_ptrs(model, out):
         out.append({k: v.data_ptr() for k, v in rt.step.buffers().items()})
 
 
-def test_decode_step_on_meta_has_no_host_sync(model_of, monkeypatch):
-    model = model_of("qwen3_5_moe")
+def test_decode_step_on_meta_has_no_host_sync(model_factory, monkeypatch):
+    model = model_factory("qwen3_5_moe")
     ids, _, cache = prefill(model, batch=2)
     meta_model = copy.deepcopy(model).to("meta")
     patch(meta_model, backend="torch")
@@ -113,8 +88,8 @@ def test_decode_step_on_meta_has_no_host_sync(model_of, monkeypatch):
         step()
 
 
-def test_decode_step_host_sync_events_on_cpu(model_of):
-    model = model_of("qwen3_5_moe")
+def test_decode_step_host_sync_events_on_cpu(model_factory):
+    model = model_factory("qwen3_5_moe")
     patch(model)
     _, _, cache = prefill(model)
     step, _, _ = build_step(model, cache, 2)
@@ -124,9 +99,9 @@ def test_decode_step_host_sync_events_on_cpu(model_of):
     assert set(syncs) <= {"aten::bincount"}, syncs
 
 
-def test_static_step_matches_the_model_forward(model_of):
+def test_static_step_matches_the_model_forward(model_factory):
     """One static step == the model's own cached forward for the next token (same cache state)."""
-    model = model_of("qwen3_5_moe")
+    model = model_factory("qwen3_5_moe")
     patch(model)
     ids, _, cache = prefill(model, batch=2, length=7)
     ref_cache = copy.deepcopy(cache)
@@ -141,10 +116,10 @@ def test_static_step_matches_the_model_forward(model_of):
     assert int(step.cache.position) == kv_len + 1 and step.position_ids.eq(kv_len + 1).all()
 
 
-def test_step_compiles_with_fullgraph(model_of):
+def test_step_compiles_with_fullgraph(model_factory):
     from interns2_fast.patching.state import FAMILIES
 
-    model = model_of("qwen3_5_moe")
+    model = model_factory("qwen3_5_moe")
     # the "rmsnorm" family's residual hand-over between layers (patching/decoder.py) checks tensor
     # identity and `_version`, which Dynamo cannot trace as one graph yet: left out of this proof
     patch(model, ops=tuple(f for f in FAMILIES if f != "rmsnorm"))
@@ -196,8 +171,8 @@ def stub_graph_api():
     return mod, Graph, calls, capturing
 
 
-def test_graph_runner_code_path_gives_the_same_tokens(model_of, monkeypatch):
-    model = model_of("qwen3_5_moe")
+def test_graph_runner_code_path_gives_the_same_tokens(model_factory, monkeypatch):
+    model = model_factory("qwen3_5_moe")
     mod, graph_cls, calls, capturing = stub_graph_api()
 
     # what runs inside `graph(g)` becomes g's replay (a real graph records it; the stand-in keeps the callable)
@@ -231,8 +206,8 @@ def test_graph_runner_code_path_gives_the_same_tokens(model_of, monkeypatch):
     assert torch.equal(got, want)
 
 
-def test_failed_capture_falls_back_to_eager(model_of, monkeypatch):
-    model = model_of("qwen3_5_moe")
+def test_failed_capture_falls_back_to_eager(model_factory, monkeypatch):
+    model = model_factory("qwen3_5_moe")
     mod, graph_cls, calls, _ = stub_graph_api()
 
     def broken(g):
@@ -250,10 +225,10 @@ def test_failed_capture_falls_back_to_eager(model_of, monkeypatch):
 
 
 @pytest.mark.parametrize("family", ["qwen3_5_moe", "qwen3_next"])
-def test_unpatched_layers_run_on_the_static_cache(model_of, family):
+def test_unpatched_layers_run_on_the_static_cache(model_factory, family):
     """Only the norm patched: the transformers GDN fallback assigns a new recurrent state each step
     (5.2) or calls update_recurrent_state (5.15+); the static cache copies it in place."""
-    model = model_of(family)
+    model = model_factory(family)
     ids = torch.randint(1, 512, (2, 8))
     want = model.generate(ids, max_new_tokens=8, do_sample=False)
     patch(model, ops=("norm",))

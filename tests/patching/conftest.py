@@ -1,45 +1,15 @@
-"""Shared fixtures for the patching tests: tiny models of every family, quiet loading."""
+"""Shared helpers for the patching tests, and quiet loading."""
 import os
 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
-
 import transformers  # noqa: E402
+from tiny_models import tiny_model  # noqa: E402  (tests/tiny_models.py; model_factory is in tests/conftest.py)
 from transformers.utils import logging as hf_logging  # noqa: E402
-
-from interns2_fast import models  # noqa: E402
-from interns2_fast.patching import unpatch  # noqa: E402
 
 hf_logging.disable_progress_bar()
 hf_logging.set_verbosity_error()
-
-_MODELS: dict = {}
-
-
-def tiny_model(family: str, dtype=torch.float32):
-    """A cached tiny model of `family` (unpatched on every hand-out)."""
-    key = (family, dtype)
-    if key not in _MODELS:
-        _MODELS[key] = models.build_causal_lm(family, dtype=dtype)
-    model = _MODELS[key]
-    unpatch(model)
-    return model
-
-
-@pytest.fixture
-def model_factory():
-    handed = []
-
-    def make(family, dtype=torch.float32):
-        m = tiny_model(family, dtype)
-        handed.append(m)
-        return m
-
-    yield make
-    for m in handed:
-        unpatch(m)
 
 
 def linear_layer_ids(model):
