@@ -46,8 +46,9 @@ import inspect
 
 import torch
 
+from ..patching.caches import cache_protocol
 from .graph import MODES, choose_mode, make_runner, note_once
-from .static_cache import StaticDecodeCache, UnsupportedCache, cache_protocol, read_cache_states
+from .static_cache import StaticDecodeCache, UnsupportedCache, read_cache_states
 from .step import DecodeStep, ModelParts, find_parts
 
 ATTR = "_interns2_fast_decode"
@@ -220,18 +221,18 @@ def _round_up(n: int, m: int) -> int:
 
 
 def runtime_for(model, settings: DecodeSettings, parts: ModelParts, states, batch: int, need: int,
-                position_shape: tuple[int, ...]) -> Runtime:
+                position_shape: tuple[int, ...], protocol: str = "legacy") -> Runtime:
     """The static cache + step + runner for this batch size (reused while it fits; one kept per model)."""
     device, dtype = parts.embed.weight.device, parts.embed.weight.dtype
     devices = {p.device for p in model.parameters()}
     kind = choose_mode(settings.mode, devices)
-    key = (batch, tuple(position_shape), device, dtype, kind)
+    key = (batch, tuple(position_shape), device, dtype, kind, protocol)
     rt = settings.runtimes.get(key)
     if rt is not None and rt.step.cache.fits(states, batch, need) and rt.step.cache.max_len <= max(2 * need, need + 256):
         return rt
     settings.runtimes.clear()  # free the previous buffers (and graph) before allocating new ones
     max_len = _round_up(need + 1, LENGTH_BUCKET)
-    cache = StaticDecodeCache(states, batch, max_len, torch.zeros(1, dtype=torch.long, device=device))
+    cache = StaticDecodeCache(states, batch, max_len, torch.zeros(1, dtype=torch.long, device=device), protocol)
     vocab = getattr(parts.lm_head, "out_features", None) or parts.lm_head.weight.shape[0]
     step = DecodeStep(parts, cache, vocab_size=vocab, dtype=dtype, device=device, position_shape=position_shape)
     runner = make_runner(step, kind, device)
@@ -320,7 +321,8 @@ def static_sample(model, settings: DecodeSettings, original, input_ids, logits_p
     with (optimize() if optimize is not None else contextlib.nullcontext()):
         rt = None
         if steps_max > 0:
-            rt = runtime_for(model, settings, parts, states, batch, kv_len + steps_max, tuple(next_pos.shape))
+            rt = runtime_for(model, settings, parts, states, batch, kv_len + steps_max, tuple(next_pos.shape),
+                             cache_protocol(cache))
             rt.step.load(states, kv_len, am, next_pos)
         del states
         while True:

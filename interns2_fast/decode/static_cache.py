@@ -12,9 +12,14 @@ It speaks both cache protocols that transformers' hybrid models (and the patched
   `conv_states[i]` / `recurrent_states[i]`, `has_previous_state`, `update(k, v, layer_idx, ...)`.
   Assigning into the lists copies into the static tensor (the unpatched 5.2 layer assigns a new
   recurrent state every step), so addresses never change;
-* "layered" (5.15+): `get_conv_state` / `get_recurrent_state` / `update_recurrent_state` (a copy
-  into the static tensor) / `is_recording_past`, and the same `update` (5.24 passes no position:
-  the cache writes at its own `position` buffer, which the step advances on the device).
+* "layered" (5.15+): `has_previous_state(i)`, `get_conv_state` / `get_recurrent_state` (5.24) or
+  `layers[i].conv_states[0]` / `.recurrent_states[0]` / `.record_past` (5.15.1 - 5.18.0),
+  `update_recurrent_state` (a copy into the static tensor) / `is_recording_past`, and the same
+  `update` (5.24 passes no position: the cache writes at its own `position` buffer, which the step
+  advances on the device).
+
+Which of the two `has_previous_state` forms it offers (a flag or a method) is the prefill cache's
+protocol (`patching.caches.cache_protocol`), passed at construction.
 
 The prefill runs eagerly in the model's own cache (whatever class the model or the remote code
 creates); `read_cache_states` reads it by protocol, `StaticDecodeCache.load` copies it in, and
@@ -25,6 +30,8 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+
+from ..patching.caches import attention_kv, cache_protocol, linear_states
 
 
 class UnsupportedCache(TypeError):
@@ -38,33 +45,18 @@ class LayerState:
     b: torch.Tensor | None  # values | recurrent state
 
 
-def cache_protocol(cache) -> str | None:
-    """'layered' / 'legacy' by the attributes the cache object offers (never by version), else None."""
-    if cache is None:
-        return None
-    if hasattr(cache, "layers") and hasattr(cache, "get_conv_state") and hasattr(cache, "get_recurrent_state"):
-        return "layered"
-    if all(hasattr(cache, a) for a in ("key_cache", "value_cache", "conv_states", "recurrent_states")):
-        return "legacy"
-    return None
-
-
 def read_cache_states(cache, kinds: list[str]) -> list[LayerState]:
     """The per-layer tensors a prefill left in `cache` (a transformers / remote-code cache object)."""
-    protocol = cache_protocol(cache)
-    if protocol is None:
+    if cache_protocol(cache) is None:
         raise UnsupportedCache(f"interns2_fast static decode: unknown cache type {type(cache).__name__} "
                                "(expected conv_states/recurrent_states/key_cache lists or a layered Cache)")
     out = []
     for i, kind in enumerate(kinds):
-        if protocol == "legacy":
-            a, b = ((cache.key_cache[i], cache.value_cache[i]) if kind == "attention"
-                    else (cache.conv_states[i], cache.recurrent_states[i]))
-        elif kind == "attention":
-            layer = cache.layers[i]
-            a, b = getattr(layer, "keys", None), getattr(layer, "values", None)
-        else:
-            a, b = cache.get_conv_state(i), cache.get_recurrent_state(i)
+        try:
+            a, b = attention_kv(cache, i) if kind == "attention" else linear_states(cache, i)[:2]
+        except (AttributeError, IndexError, KeyError, TypeError) as exc:
+            raise UnsupportedCache(f"interns2_fast static decode: cannot read layer {i} ({kind}) of "
+                                   f"{type(cache).__name__}: {exc}") from exc
         if a is None or b is None or a.numel() == 0:
             raise UnsupportedCache(f"interns2_fast static decode: layer {i} ({kind}) has no state after the prefill "
                                    f"in {type(cache).__name__}")
@@ -84,14 +76,32 @@ class _InPlaceList(list):
         list.__setitem__(self, index, value)
 
 
+class _LinearLayerView:
+    """One linear-attention layer of the static cache in the shape of transformers' LinearAttentionLayer."""
+
+    record_past = False
+
+    def __init__(self, conv: torch.Tensor, recurrent: torch.Tensor):
+        self.conv_states = {0: conv}
+        self.recurrent_states = {0: recurrent}
+        self.has_previous_state = {0: True}
+
+
 class StaticDecodeCache:
     """Fixed-address per-layer decode state (see the module docstring)."""
 
     is_compileable = True
     is_sliding = False
 
-    def __init__(self, like: list[LayerState], batch: int, max_len: int, position: torch.Tensor):
+    def __init__(self, like: list[LayerState], batch: int, max_len: int, position: torch.Tensor,
+                 protocol: str = "legacy"):
+        if protocol not in ("legacy", "layered"):
+            raise ValueError(f"interns2_fast static decode cache: protocol {protocol!r} (expected 'legacy' or 'layered')")
         self.kinds = [s.kind for s in like]
+        self.protocol = protocol
+        if protocol == "legacy":
+            # the legacy layers read `cache.has_previous_state` as a flag; the layered ones call it
+            self.has_previous_state = True
         self.batch = batch
         self.max_len = max_len
         #: [1] int64: the position this step writes (= transformers' cache_position); advanced by the step
@@ -115,6 +125,10 @@ class StaticDecodeCache:
         #: the legacy protocol's lists: same tensors, assignment copies in place
         self.conv_states = _InPlaceList(self._conv)
         self.recurrent_states = _InPlaceList(self._rec)
+        #: the layered protocol's per-layer objects, as the releases before the state getters read them
+        #: (5.15.1 - 5.18.0: `cache.layers[i].conv_states[0]`, `.recurrent_states[0]`, `.record_past`)
+        self.layers = [_LinearLayerView(self._conv[i], self._rec[i]) if k == "linear" else None
+                       for i, k in enumerate(self.kinds)]
 
     # --- what the step and the tests read ---------------------------------------------------------
     def buffers(self) -> dict[str, torch.Tensor]:
@@ -188,20 +202,17 @@ class StaticDecodeCache:
                     if not (hasattr(layer, "keys") and hasattr(layer, "values")):
                         return False
                     layer.keys, layer.values = k, v
+            elif protocol == "legacy":
+                cache.conv_states[i], cache.recurrent_states[i] = self._conv[i].clone(), self._rec[i].clone()
             else:
-                conv, rec = self._conv[i], self._rec[i]
-                if protocol == "legacy":
-                    cache.conv_states[i], cache.recurrent_states[i] = conv.clone(), rec.clone()
-                else:
-                    cache.get_conv_state(i).copy_(conv)
-                    cache.get_recurrent_state(i).copy_(rec)
+                conv, rec, _ = linear_states(cache, i)
+                if conv is None or rec is None:
+                    return False
+                conv.copy_(self._conv[i])
+                rec.copy_(self._rec[i])
         return True
 
     # --- legacy protocol (transformers 5.2 - 5.14, Intern-S2-Preview remote code) -------------------
-    @property
-    def has_previous_state(self) -> bool:
-        return True
-
     def __len__(self) -> int:
         return len(self.kinds)
 
@@ -235,3 +246,7 @@ class StaticDecodeCache:
 
     def is_recording_past(self, layer_idx: int) -> bool:
         return False
+
+    def has_previous_state(self, layer_idx: int | None = None, state_idx: int | None = None) -> bool:
+        """The layered form (a method); a cache built for a legacy-protocol model shadows it with `True`."""
+        return True

@@ -14,9 +14,8 @@ cache protocol, chosen from what the cache object offers:
   recurrent state instead (what 5.15+ does; equal to running the whole conversation without cache);
 * layered (5.15+): `cache.get_conv_state(i)` / `update_conv_state` / `get_recurrent_state` /
   `update_recurrent_state` / `is_recording_past`; a prefill continues from the cached state. The
-  releases before the getters (5.15.1 and 5.18.0 checked; 5.24.0 has them) have the same protocol:
-  `has_previous_state(i)` is a method and the states sit in `cache.layers[i].conv_states[0]` / `.recurrent_states[0]` with
-  `.record_past` (`_layered_states` reads both forms).
+  releases before the getters (5.15.1, 5.18.0) keep the states in `cache.layers[i]`
+  (`patching.caches` detects and reads both forms).
 
 q/k are passed with their Hk key heads (the ops map value head h to key head h // (Hv // Hk)), so
 nothing is repeated. The decode step has no host synchronisation: the conv state is updated in
@@ -37,6 +36,7 @@ import torch.nn.functional as F
 
 from .. import ops
 from ..device import device_guard
+from .caches import cache_protocol, linear_states
 from .state import ModuleState, call_op, fire_offload_hooks, phase
 
 def _mask_padding(state: ModuleState, hidden_states, attention_mask):
@@ -61,34 +61,11 @@ def _project(self, hidden_states, layout):
     return mixed_qkv.transpose(1, 2), z, b, a
 
 
-def _cache_protocol(cache) -> str | None:
-    if cache is None:
-        return "none"
-    if hasattr(cache, "get_conv_state") and hasattr(cache, "update_conv_state"):
-        return "layered"
-    if hasattr(cache, "conv_states") and hasattr(cache, "recurrent_states") and hasattr(cache, "has_previous_state"):
-        return "legacy"
-    if (hasattr(cache, "layers") and callable(getattr(cache, "has_previous_state", None))
-            and hasattr(cache, "update_conv_state") and hasattr(cache, "update_recurrent_state")):
-        return "layered"  # e.g. transformers 5.15.1, 5.18.0: no get_conv_state / get_recurrent_state yet
-    return None
-
-
-def _layered_states(cache, i: int):
-    """(conv_state, recurrent_state, recording_past) of layer i of a layered cache, either form."""
-    if hasattr(cache, "get_conv_state"):
-        return cache.get_conv_state(i), cache.get_recurrent_state(i), cache.is_recording_past(i)
-    if not cache.has_previous_state(i):  # before the getters (5.15.1, 5.18.0)
-        return None, None, False
-    layer = cache.layers[i]
-    return layer.conv_states[0], layer.recurrent_states[0], bool(getattr(layer, "record_past", False))
-
-
 def gdn_forward(self, state: ModuleState, hidden_states, cache_params=None, cache_position=None, attention_mask=None,
                 cache=None, **kwargs):
     """Drop-in forward of a Gated DeltaNet layer (Qwen3.5 / Qwen3-Next / Intern-S2 layouts)."""
     cache = cache if cache is not None else cache_params
-    protocol = _cache_protocol(cache)
+    protocol = cache_protocol(cache) if cache is not None else "none"
     if protocol is None:  # a cache this code does not know: leave the call to transformers
         state.extra.setdefault("unknown_cache", type(cache).__name__)
         params = state.extra.get("params", ())
@@ -136,7 +113,7 @@ def _gdn_forward(self, state, protocol, hidden_states, cache, cache_position, at
             recurrent_state = None  # 5.2 starts every multi-token call from a zero state
         initial_state = recurrent_state
     elif protocol == "layered":
-        conv_state, recurrent_state, recording = _layered_states(cache, i)
+        conv_state, recurrent_state, recording = linear_states(cache, i)
         if conv_state is not None and T == 1 and not recording:
             mixed_qkv = call_op(state, "conv", ops.causal_conv1d_update, mixed_qkv, conv_state, weight, bias,
                                 activation)

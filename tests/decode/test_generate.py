@@ -7,6 +7,7 @@ under a mask (and not in the patched kernels), so sampling with the same seed mu
 tokens too. Every test also checks that the static loop really ran (or really handed over).
 """
 import copy
+import inspect
 import logging
 import pickle
 import warnings
@@ -222,8 +223,12 @@ def test_decode_mode_set_up_once_per_generate_not_per_token(model_factory, monke
         got = model.generate(ids, **kw)
     assert torch.equal(got, want)
     assert len(calls) == 2  # to batched_mm and back, once
-    # 5.2 walks twice per decode step (9 steps); later versions moved the switch out of the loop too
-    per_step = not hasattr(transformers.generation.utils, "DeferredStopCheck")
+    # 5.2 walks twice per decode step (9 steps); later versions (5.15.1 on) moved the switch out of the
+    # loop too. Which one is installed is read from its `_sample`: is the switch entered inside the loop?
+    src = inspect.getsource(transformers.generation.utils.GenerationMixin._sample)
+    loop_at = src.index("while self._has_unfinished_sequences")
+    switch_at = src.index("with self._optimize_model_for_decode()")
+    per_step = switch_at > loop_at
     assert transformers_calls == (2 * 9 if per_step else 2)
 
 

@@ -16,6 +16,7 @@ from interns2_fast.decode.static_cache import LayerState, StaticDecodeCache, rea
 from interns2_fast.decode.step import DecodeStep, find_parts
 from interns2_fast.host_sync import count_host_syncs
 from interns2_fast.patching import reference_mode
+from interns2_fast.patching.caches import cache_protocol
 
 def prefill(model, batch=2, length=7):
     ids = torch.randint(1, model.config.vocab_size, (batch, length))
@@ -28,7 +29,8 @@ def prefill(model, batch=2, length=7):
 def build_step(model, cache, batch, max_len=32, device="cpu"):
     parts = find_parts(model)
     states = read_cache_states(cache, parts.kinds)
-    static = StaticDecodeCache(states, batch, max_len, torch.zeros(1, dtype=torch.long, device=device))
+    static = StaticDecodeCache(states, batch, max_len, torch.zeros(1, dtype=torch.long, device=device),
+                               cache_protocol(cache))
     step = DecodeStep(parts, static, vocab_size=model.config.vocab_size, dtype=torch.float32, device=device)
     kv_len = next(s.a.shape[2] for s in states if s.kind == "attention")
     step.load(states, kv_len, None, torch.full((batch, 1), kv_len, device=device))
@@ -77,7 +79,7 @@ def test_decode_step_on_meta_has_no_host_sync(model_factory, monkeypatch):
     if hasattr(home, "maybe_autocast"):
         monkeypatch.setattr(home, "maybe_autocast", lambda *a, **k: contextlib.nullcontext())
     states = [LayerState(s.kind, s.a.to("meta"), s.b.to("meta")) for s in read_cache_states(cache, parts.kinds)]
-    static = StaticDecodeCache(states, 2, 32, torch.zeros(1, dtype=torch.long, device="meta"))
+    static = StaticDecodeCache(states, 2, 32, torch.zeros(1, dtype=torch.long, device="meta"), cache_protocol(cache))
     step = DecodeStep(parts, static, vocab_size=model.config.vocab_size, dtype=torch.float32,
                       device=torch.device("meta"))
     syncs, logits = count_host_syncs(step)
