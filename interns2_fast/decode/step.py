@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import sys
 
 import torch
 from torch import nn
@@ -34,6 +35,17 @@ from torch import nn
 from .static_cache import StaticDecodeCache
 
 SUPPORTED_ATTENTION = ("eager", "sdpa")
+
+
+def _output_collector():
+    """transformers' output recorder (5.x): once a call asked for hidden states or router logits, forward
+    hooks on the layers read this context variable, which the model's forward sets. The step calls the
+    layers itself, so it sets "nothing to record" itself: under `torch.compile` the variable's `set`
+    switches it to a plain global (its own compile mode), so the hooks' `get` traces; eagerly it is the
+    usual ContextVar set/reset. None where transformers has no such variable."""
+    module = sys.modules.get("transformers.utils.output_capturing")
+    collector = getattr(module, "_active_collector", None)
+    return collector if hasattr(collector, "set") and hasattr(collector, "reset") else None
 
 
 @dataclasses.dataclass
@@ -131,14 +143,20 @@ class DecodeStep:
         parts, cache = self.parts, self.cache
         self.mask.index_fill_(-1, cache.position, 0.0)
         cache.sync_positions()
-        hidden = parts.embed(self.input_ids)
-        position_embeddings = parts.rotary(hidden, self.position_ids)
-        for layer, kind in zip(parts.layers, parts.kinds):
-            hidden = layer(hidden, position_embeddings=position_embeddings,
-                           attention_mask=self.mask if kind == "attention" else None,
-                           position_ids=self.position_ids, **self._kwargs)
-            if isinstance(hidden, tuple):
-                hidden = hidden[0]
+        collector = _output_collector()
+        token = collector.set(None) if collector is not None else None
+        try:
+            hidden = parts.embed(self.input_ids)
+            position_embeddings = parts.rotary(hidden, self.position_ids)
+            for layer, kind in zip(parts.layers, parts.kinds):
+                hidden = layer(hidden, position_embeddings=position_embeddings,
+                               attention_mask=self.mask if kind == "attention" else None,
+                               position_ids=self.position_ids, **self._kwargs)
+                if isinstance(hidden, tuple):
+                    hidden = hidden[0]
+        finally:
+            if collector is not None:
+                collector.reset(token)
         hidden = parts.norm(hidden)
         self.logits.copy_(parts.lm_head(hidden[:, -1, :]))
         cache.position.add_(1)
