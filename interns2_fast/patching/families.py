@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import gdn, moe_block
+from . import gdn, moe_block, projections
 from .state import FAMILY_OPS
 
 
@@ -113,6 +113,7 @@ class Kind:
 def _install_gdn(install, path, module, backends, verify, settings, layout):
     extra = dict(gdn.gdn_extra(module, layout), continue_state=settings.get("fix_legacy_continuation", False))
     st = install(module, dict(path=path, kind="gdn", backends=backends, verify=verify, extra=extra), gdn.gdn_forward)
+    st.extra.update(projections.fuse(module, layout))  # the input projections as one GEMM (patching/projections.py)
     return [(path, module, st)]
 
 

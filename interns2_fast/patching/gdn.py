@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from .. import ops
 from ..device import device_guard
+from . import projections
 from .caches import cache_protocol, linear_states
 from .state import ModuleState, call_op, fire_offload_hooks, phase
 
@@ -48,15 +49,21 @@ def _mask_padding(state: ModuleState, hidden_states, attention_mask):
     return hidden_states
 
 
-def _project(self, hidden_states, layout):
+def _project(self, state, hidden_states, layout):
+    """The input projections: one GEMM on the fused weight buffer when patch() could build it
+    (`projections.fused_linear`; its outputs are column views of one result), else one each."""
     B, T, _ = hidden_states.shape
+    outs = projections.fused_linear(self, state.extra.get("projections"), hidden_states)
     if layout == "qwen3_5":
-        mixed_qkv = self.in_proj_qkv(hidden_states)
-        z = self.in_proj_z(hidden_states).reshape(B, T, -1, self.head_v_dim)
-        b = self.in_proj_b(hidden_states)
-        a = self.in_proj_a(hidden_states)
+        if outs is None:
+            outs = (self.in_proj_qkv(hidden_states), self.in_proj_z(hidden_states), self.in_proj_b(hidden_states),
+                    self.in_proj_a(hidden_states))
+        mixed_qkv, z, b, a = outs
+        z = z.reshape(B, T, -1, self.head_v_dim)
     else:  # qwen3_next: interleaved per key-head groups, un-interleaved by the layer's own method
-        q, k, v, z, b, a = self.fix_query_key_value_ordering(self.in_proj_qkvz(hidden_states), self.in_proj_ba(hidden_states))
+        if outs is None:
+            outs = (self.in_proj_qkvz(hidden_states), self.in_proj_ba(hidden_states))
+        q, k, v, z, b, a = self.fix_query_key_value_ordering(*outs)
         mixed_qkv = torch.cat([x.reshape(B, T, -1) for x in (q, k, v)], dim=-1)
     return mixed_qkv.transpose(1, 2), z, b, a
 
@@ -91,7 +98,7 @@ def _gdn_forward(self, state, protocol, hidden_states, cache, cache_position, at
     bias = self.conv1d.bias
     activation = self.activation if getattr(self, "activation", None) in ("silu", "swish") else "silu"
 
-    mixed_qkv, z, b, a = _project(self, hidden_states, state.extra["layout"])
+    mixed_qkv, z, b, a = _project(self, state, hidden_states, state.extra["layout"])
 
     conv_state = recurrent_state = None
     if protocol == "legacy":

@@ -162,6 +162,9 @@ def uninstall(module: nn.Module) -> bool:
     state = get_state(module)
     if state is None:
         return False
+    on_uninstall = state.extra.get("on_uninstall")  # e.g. patching/projections.py: unfuse the weights
+    if on_uninstall is not None:
+        on_uninstall(module)
     if state.had_instance_attr:
         prev = state.previous if state.previous is not None else types.MethodType(type(module).forward, module)
         object.__setattr__(module, state.slot, prev)

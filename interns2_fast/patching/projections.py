@@ -1,0 +1,163 @@
+"""The input projections of a Gated DeltaNet layer as one GEMM, on weights re-viewed into one buffer.
+
+At patch time (`fuse`) the projection weights of a linear-attention layer — qwen3_5 / Intern-S2:
+`in_proj_qkv`, `in_proj_z`, `in_proj_b`, `in_proj_a`; qwen3_next: `in_proj_qkvz`, `in_proj_ba` — are
+copied into one [sum_out, H] buffer and each module's `weight` Parameter is made a view of its rows
+(`param.data = buffer[rows]`: the Parameter objects stay the same, so optimizers, state_dict keys
+and values and anything holding a parameter keep working; the old storages are freed). Biases, when
+every projection has one, are fused the same way. The patched forward (`fused_linear`) then runs one
+`F.linear` on the buffer and hands out column slices of its output (views, no copies).
+
+The buffer is found again on every eager call from the weights themselves: the call checks that the
+weights are still adjacent rows of one storage (a `model.to(...)`, `model.half()`, plain pickling or
+a `param.data = ...` from elsewhere separates them) and otherwise runs the separate GEMMs — never a
+wrong result. Under torch.compile the answer of the last eager check (True after patching) is used.
+
+Training: when grad is enabled and a projection weight requires grad, the separate GEMMs run (each
+on its own Parameter, a view of the buffer): the weight gradients are then exactly those of the
+unpatched model. The one GEMM serves inference (no_grad / inference_mode / frozen weights).
+
+Not fused (the layer keeps its separate GEMMs; the reason is in the module state's
+`extra["projections_note"]`): weights on the meta device (patch(meta_model); patch again after
+loading the weights to fuse them), on different devices or of different dtypes, projections that
+carry accelerate hooks (offload / device_map placement moves their weights), some but not all with
+a bias, or a projection that is not a plain 2-D weight linear.
+
+`unfuse` (run by `unpatch()` through the module state's `on_uninstall`) gives every projection
+Parameter back its own contiguous storage with the same values: no shared storage remains (so
+safetensors can save the model).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: set False to keep the separate projection GEMMs (patch() then leaves the weights alone)
+FUSE_PROJECTIONS = True
+
+LAYOUT_PROJECTIONS = {
+    "qwen3_5": ("in_proj_qkv", "in_proj_z", "in_proj_b", "in_proj_a"),
+    "qwen3_next": ("in_proj_qkvz", "in_proj_ba"),
+}
+
+
+@dataclasses.dataclass
+class FusedProjections:
+    names: tuple[str, ...]
+    sizes: tuple[int, ...]  # output features of each projection, in buffer order
+    has_bias: bool
+    ok: bool = True  # what the last eager check found (used while compiling)
+
+
+def _linears(module: nn.Module, names) -> list[nn.Module] | str:
+    mods = [getattr(module, n, None) for n in names]
+    for n, m in zip(names, mods):
+        if not isinstance(m, nn.Module) or not isinstance(getattr(m, "weight", None), torch.Tensor) \
+                or m.weight.dim() != 2 or type(m).forward is not nn.Linear.forward:
+            return f"{n} is not a plain linear layer"
+        if getattr(m, "_hf_hook", None) is not None or m._forward_hooks or m._forward_pre_hooks:
+            return f"{n} carries hooks (accelerate offload / device placement); its weight stays where it is"
+    return mods
+
+
+def fuse(module: nn.Module, layout: str) -> dict:
+    """Re-view the layer's projection weights into one buffer. Returns the module-state extras:
+    {"projections": FusedProjections | None, "projections_note": why not fused, "on_uninstall": unfuse}."""
+    names = LAYOUT_PROJECTIONS.get(layout)
+    if names is None or not FUSE_PROJECTIONS:
+        return {"projections": None, "projections_note": "projection fusion is off", "on_uninstall": unfuse}
+    mods = _linears(module, names)
+    if isinstance(mods, str):
+        return {"projections": None, "projections_note": mods, "on_uninstall": unfuse}
+    ws = [m.weight for m in mods]
+    bs = [m.bias for m in mods]
+    has_bias = bs[0] is not None
+    H = ws[0].shape[1]
+    why = None
+    if any(w.device.type == "meta" for w in ws):
+        why = "weights on the meta device (patch again once they are loaded)"
+    elif len({w.device for w in ws}) > 1:
+        why = "projection weights on different devices"
+    elif len({w.dtype for w in ws}) > 1 or any(not w.is_floating_point() for w in ws):
+        why = "projection weights of different dtypes"
+    elif any(w.shape[1] != H for w in ws):
+        why = "projection weights of different input widths"
+    elif any((b is not None) != has_bias for b in bs):
+        why = "some projections have a bias and some do not"
+    elif has_bias and any(b.dim() != 1 or b.dtype != ws[0].dtype or b.device != ws[0].device for b in bs):
+        why = "projection biases of another dtype / device than the weights"
+    if why is not None:
+        return {"projections": None, "projections_note": why, "on_uninstall": unfuse}
+    info = FusedProjections(tuple(names), tuple(int(w.shape[0]) for w in ws), has_bias)
+    if _views_of_one_buffer(mods, info):  # already fused (a second patch() call)
+        return {"projections": info, "projections_note": "", "on_uninstall": unfuse}
+    with torch.no_grad():
+        _rebase([m.weight for m in mods], (sum(info.sizes), H))
+        if has_bias:
+            _rebase([m.bias for m in mods], (sum(info.sizes),))
+    return {"projections": info, "projections_note": "", "on_uninstall": unfuse}
+
+
+def _rebase(params: list[torch.Tensor], shape) -> None:
+    """Copy `params` (row blocks, in order) into one new buffer and make each a view of its rows."""
+    buf = torch.empty(shape, dtype=params[0].dtype, device=params[0].device)
+    row = 0
+    for p in params:
+        n = p.shape[0]
+        buf[row:row + n].copy_(p)
+        p.data = buf[row:row + n]
+        row += n
+
+
+def _adjacent(ts: list[torch.Tensor]) -> bool:
+    """The tensors are contiguous, consecutive blocks of one storage (in order)."""
+    first = ts[0]
+    if first.device.type == "meta" or not all(t.is_contiguous() for t in ts):
+        return False
+    base = first.untyped_storage().data_ptr()
+    end = first.storage_offset()
+    for t in ts:
+        if t.dtype != first.dtype or t.device != first.device or t.untyped_storage().data_ptr() != base \
+                or t.storage_offset() != end:
+            return False
+        end += t.numel()
+    return end * first.element_size() <= first.untyped_storage().nbytes()
+
+
+def _views_of_one_buffer(mods, info: FusedProjections) -> bool:
+    ok = _adjacent([m.weight for m in mods]) and (not info.has_bias or _adjacent([m.bias for m in mods]))
+    return ok and len({m.weight.shape[1] for m in mods}) == 1
+
+
+def fused_linear(module: nn.Module, info: FusedProjections | None, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(out_0, out_1, ...) = each projection applied to x: one GEMM on the buffer when the weights are
+    still views of it (the outputs are then column slices of one result), else one GEMM each."""
+    mods = [getattr(module, n) for n in info.names] if info is not None else None
+    if mods is None or (torch.is_grad_enabled() and any(m.weight.requires_grad for m in mods)):
+        return tuple(m(x) for m in mods) if mods is not None else None
+    if not torch.compiler.is_compiling():
+        info.ok = _views_of_one_buffer(mods, info)
+    if not info.ok:
+        return tuple(m(x) for m in mods)
+    w0 = mods[0].weight
+    N, H = sum(info.sizes), w0.shape[1]
+    weight = w0.as_strided((N, H), (H, 1))
+    bias = mods[0].bias.as_strided((N,), (1,)) if info.has_bias else None
+    return torch.split(F.linear(x, weight, bias), info.sizes, dim=-1)
+
+
+def unfuse(module: nn.Module) -> None:
+    """Give every projection Parameter that is a view into a larger storage (the fused buffer) its own
+    contiguous storage: same values, same Parameter objects, no storage shared any more."""
+    st = module.__dict__.get("_interns2_fast")
+    names = LAYOUT_PROJECTIONS.get(st.extra.get("layout")) if st is not None else None
+    with torch.no_grad():
+        for n in names or ():
+            m = getattr(module, n, None)
+            for p in (getattr(m, "weight", None), getattr(m, "bias", None)):
+                if isinstance(p, torch.Tensor) and p.device.type != "meta" and \
+                        p.untyped_storage().nbytes() > p.numel() * p.element_size():
+                    p.data = p.data.clone(memory_format=torch.contiguous_format)
