@@ -9,9 +9,11 @@ every projection has one, are fused the same way. The patched forward (`fused_li
 `F.linear` on the buffer and hands out column slices of its output (views, no copies).
 
 The buffer is found again on every eager call from the weights themselves: the call checks that the
-weights are still adjacent rows of one storage (a `model.to(...)`, `model.half()`, plain pickling or
-a `param.data = ...` from elsewhere separates them) and otherwise runs the separate GEMMs — never a
-wrong result. Under torch.compile the answer of the last eager check (True after patching) is used.
+weights are still adjacent rows of one storage. A `copy.deepcopy` (Parameters deep-copy by cloning),
+`model.to(...)`, `model.half()`, pickling or a `param.data = ...` from elsewhere separates them; the
+next eager inference call then re-views them into a new buffer (same checks as at patch time), or,
+where that is not possible, runs the separate GEMMs — never a wrong result. Under torch.compile the
+answer of the last eager check (True after patching) is used.
 
 Training: when grad is enabled and a projection weight requires grad, the separate GEMMs run (each
 on its own Parameter, a view of the buffer): the weight gradients are then exactly those of the
@@ -49,6 +51,7 @@ class FusedProjections:
     names: tuple[str, ...]
     sizes: tuple[int, ...]  # output features of each projection, in buffer order
     has_bias: bool
+    layout: str = "qwen3_5"
     ok: bool = True  # what the last eager check found (used while compiling)
 
 
@@ -91,7 +94,7 @@ def fuse(module: nn.Module, layout: str) -> dict:
         why = "projection biases of another dtype / device than the weights"
     if why is not None:
         return {"projections": None, "projections_note": why, "on_uninstall": unfuse}
-    info = FusedProjections(tuple(names), tuple(int(w.shape[0]) for w in ws), has_bias)
+    info = FusedProjections(tuple(names), tuple(int(w.shape[0]) for w in ws), has_bias, layout)
     if _views_of_one_buffer(mods, info):  # already fused (a second patch() call)
         return {"projections": info, "projections_note": "", "on_uninstall": unfuse}
     with torch.no_grad():
@@ -140,6 +143,8 @@ def fused_linear(module: nn.Module, info: FusedProjections | None, x: torch.Tens
         return tuple(m(x) for m in mods) if mods is not None else None
     if not torch.compiler.is_compiling():
         info.ok = _views_of_one_buffer(mods, info)
+        if not info.ok and isinstance(fuse(module, info.layout).get("projections"), FusedProjections):
+            info.ok = _views_of_one_buffer(mods, info)  # fused again (a deepcopy, model.to(...))
     if not info.ok:
         return tuple(m(x) for m in mods)
     w0 = mods[0].weight
