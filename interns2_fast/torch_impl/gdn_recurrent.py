@@ -31,9 +31,11 @@ def _dense(q, k, v, g, beta, scale, state, use_qk_l2norm_in_kernel, inplace):
         qk = qk * torch.rsqrt((qk * qk).sum(-1, keepdim=True) + 1e-6)
     qk[..., 0, :] *= scale
     qdotk = (qk[..., 0, :] * qk[..., 1, :]).sum(-1)          # [B,T,Hk]
-    vf = v.float().reshape(B, T, Hk, G, V)
+    # v and beta stay in their dtype: they only meet fp32 operands (addcmul, mul_), whose type
+    # promotion upcasts them exactly as .float() would, one cast op fewer each
+    vf = v.reshape(B, T, Hk, G, V)
     decay = g.float().exp().reshape(B, T, Hk, G, 1)
-    betaf = beta.float().reshape(B, T, Hk, G, 1)
+    betaf = beta.reshape(B, T, Hk, G, 1)
 
     S = None if state is None else (state.view if inplace else state.reshape)(B, Hk, G, K, V)
     owned = inplace  # may S be written in place?
@@ -43,7 +45,7 @@ def _dense(q, k, v, g, beta, scale, state, use_qk_l2norm_in_kernel, inplace):
         k5 = qk[:, t, :, None, 1, :, None]                    # [B,Hk,1,K,1]
         qdk = qdotk[:, t, :, None, None]                      # [B,Hk,1,1]
         if S is None:  # zero state: S^T q = S^T k = 0
-            delta = vf[:, t] * bt                             # [B,Hk,G,V]
+            delta = vf[:, t].float() * bt                     # [B,Hk,G,V]
             outs.append(qdk * delta)
             S = k5 * delta[:, :, :, None, :]
             owned = True
@@ -60,7 +62,7 @@ def _dense(q, k, v, g, beta, scale, state, use_qk_l2norm_in_kernel, inplace):
     if T == 1:
         o = outs[0].view(B, 1, Hv, V)
     elif T == 0:
-        o = vf.new_zeros(B, 0, Hv, V)
+        o = vf.new_zeros(B, 0, Hv, V, dtype=torch.float32)
     else:
         o = torch.stack(outs, dim=1).view(B, T, Hv, V)
     if inplace:
