@@ -11,7 +11,8 @@ every projection has one, are fused the same way. The patched forward (`fused_li
 The buffer is found again on every eager call from the weights themselves: the call checks that the
 weights are still adjacent rows of one storage. A `copy.deepcopy` (Parameters deep-copy by cloning),
 `model.to(...)`, `model.half()`, pickling or a `param.data = ...` from elsewhere separates them; the
-next eager inference call then re-views them into a new buffer (same checks as at patch time), or,
+next eager no-grad call (not under inference_mode, whose tensors could not serve training later)
+then re-views them into a new buffer (same checks as at patch time), or,
 where that is not possible, runs the separate GEMMs — never a wrong result. Under torch.compile the
 answer of the last eager check (True after patching) is used.
 
@@ -143,7 +144,8 @@ def fused_linear(module: nn.Module, info: FusedProjections | None, x: torch.Tens
         return tuple(m(x) for m in mods) if mods is not None else None
     if not torch.compiler.is_compiling():
         info.ok = _views_of_one_buffer(mods, info)
-        if not info.ok and isinstance(fuse(module, info.layout).get("projections"), FusedProjections):
+        if not info.ok and not torch.is_inference_mode_enabled() \
+                and isinstance(fuse(module, info.layout).get("projections"), FusedProjections):
             info.ok = _views_of_one_buffer(mods, info)  # fused again (a deepcopy, model.to(...))
     if not info.ok:
         return tuple(m(x) for m in mods)
