@@ -153,3 +153,52 @@ def moe_experts(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, *,
     y = torch.empty_like(y_sorted, dtype=torch.float32)
     y[order] = y_sorted.float() * w_slots[order]  # back to slot order t*k + j
     return _combine(y, T, k, hidden.dtype, shared_expert_output, shared_expert_gate)
+
+
+def _shared_hidden(hidden, shared_gate_proj, shared_up_proj):
+    return F.silu(F.linear(hidden, shared_gate_proj)) * F.linear(hidden, shared_up_proj)
+
+
+def _gathered_decode(hidden, flat_ids, w_slots, k, gate_up_proj, down_proj, shared_h, shared_down_proj):
+    """Decode-sized T*k: the k routed slots of each token without a per-expert loop.
+
+    gate|up for the k slots of token t is ONE matmul of the token's row with the gathered
+    [k * 2I, H] rows of its experts (`index_select` of the packed weights); the routing weight
+    scales silu(gate) * up (the down GEMM is linear); the down GEMMs of the k slots and their sum
+    are ONE matmul of the token's [1, k*I] row with the gathered [k*I, H] (down_proj read
+    transposed), whose fp32 accumulation adds the shared expert's (already gated) output in place
+    (`baddbmm`). About 8 ATen ops besides the shared expert's, whatever k.
+    """
+    T, H = hidden.shape
+    inter = down_proj.shape[2]
+    gu = torch.bmm(gate_up_proj.index_select(0, flat_ids).view(T, k * 2 * inter, H), hidden.unsqueeze(-1))
+    gate, up = gu.view(T, k, 2 * inter).split(inter, dim=-1)
+    h = F.silu(gate) * up  # [T, k, I], hidden's dtype (as the eager loop rounds it)
+    h = h * w_slots.view(T, k, 1).to(h.dtype)
+    down_t = down_proj.transpose(1, 2).index_select(0, flat_ids).view(T, k * inter, H)
+    shared = F.linear(shared_h, shared_down_proj).unsqueeze(1)  # [T, 1, H]
+    return torch.baddbmm(shared, h.reshape(T, 1, k * inter), down_t).view(T, H)
+
+
+def moe_experts_shared(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, shared_gate_proj, shared_up_proj,
+                       shared_down_proj, shared_gate):
+    """Routed experts + the sigmoid-gated shared expert (see `interns2_fast.ops.moe_experts_shared`).
+    T*k <= DECODE_SLOTS: `_gathered_decode` on every device (no loop over experts, no host read);
+    larger T: the shared expert as linears, then `moe_experts` with its gated add in the combine."""
+    T, H = hidden.shape
+    k = topk_ids.shape[1]
+    E = gate_up_proj.shape[0]
+    gate_logit = F.linear(hidden, shared_gate)  # [T, 1]
+    if T * k > DECODE_SLOTS:
+        shared = F.linear(_shared_hidden(hidden, shared_gate_proj, shared_up_proj), shared_down_proj)
+        return moe_experts(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, shared_expert_output=shared,
+                           shared_expert_gate=gate_logit)
+    flat_ids = topk_ids.reshape(-1)
+    w_slots = topk_weights
+    if hidden.device.type != "cpu":
+        # device ids are not read back (the op checks host tensors): clamp for the gather, weight 0
+        valid = (flat_ids >= 0) & (flat_ids < E)
+        flat_ids = flat_ids.clamp(0, E - 1)
+        w_slots = torch.where(valid.view_as(w_slots), w_slots, 0.0)
+    shared_h = _shared_hidden(hidden, shared_gate_proj, shared_up_proj) * torch.sigmoid(gate_logit)
+    return _gathered_decode(hidden, flat_ids, w_slots, k, gate_up_proj, down_proj, shared_h, shared_down_proj)
