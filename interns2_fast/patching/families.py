@@ -80,7 +80,14 @@ def _moe_examples(block: nn.Module) -> dict[str, dict]:
                             down_proj=experts.down_proj, shared_expert_output=hidden if shared else None,
                             shared_expert_gate=_meta(1, 1, dtype=dt) if shared else None),
         "moe_experts_shared": _moe_shared_example(block, hidden, k),
+        "moe_sparse_block": _moe_block_example(block, hidden, k),
     }
+
+
+def _moe_block_example(block: nn.Module, hidden, k: int) -> dict:
+    ex = _moe_shared_example(block, hidden, k)
+    del ex["topk_ids"], ex["topk_weights"]
+    return dict(ex, router_weight=block.gate.weight, top_k=k, renormalize=True)
 
 
 def _moe_shared_example(block: nn.Module, hidden, k: int) -> dict:

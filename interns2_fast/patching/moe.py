@@ -227,14 +227,19 @@ def sparse_moe_block_forward(block: torch.nn.Module, hidden_states: torch.Tensor
     experts = block.experts
     shared_w = shared_expert_weights(block)
     plain_experts = not (getattr(experts, "has_bias", False) or getattr(experts, "is_transposed", False))
-    if shared_w is not None and plain_experts and _router_runs_here(router):
-        # Decode fast path: router (one op: logits, fp32 top-k weights, ids; slot 0 is never built)
-        # and ONE op for the routed experts + the gated shared expert + the combine.
-        _, weights, ids = call(ops.moe_route, x, router.weight, router.top_k,
-                               renormalize=bool(getattr(router, "norm_topk_prob", True)))
+    if shared_w is not None and plain_experts:
+        # The shared expert as one more slot of the expert GEMMs, its gate and the combine fused:
+        # ONE op for router + experts + shared expert when the router's output is not observed
+        # (its slot 0 is then never built), else the router module call + ONE experts op.
         fire_offload_hooks(block, ("experts",), pre=True)
         try:
-            out = call(ops.moe_experts_shared, x, ids, weights, experts.gate_up_proj, experts.down_proj, *shared_w)
+            if _router_runs_here(router):
+                out = call(ops.moe_sparse_block, x, router.weight, router.top_k,
+                           bool(getattr(router, "norm_topk_prob", True)), experts.gate_up_proj, experts.down_proj,
+                           *shared_w)
+            else:
+                _, weights, ids = router(x)  # hooked (e.g. output_router_logits) or replaced: the module call
+                out = call(ops.moe_experts_shared, x, ids, weights, experts.gate_up_proj, experts.down_proj, *shared_w)
         finally:
             fire_offload_hooks(block, ("experts",), pre=False)
         return out.reshape(shape)

@@ -42,7 +42,7 @@ FAMILY_OPS = {
     "conv": ("causal_conv1d_fn", "causal_conv1d_update"),
     "norm": ("rms_norm_gated",),
     "moe": ("moe_route", "moe_experts",
-            "moe_experts_shared"),
+            "moe_experts_shared", "moe_sparse_block"),
     "rmsnorm": ("add_rms_norm",),
 }
 FAMILIES = tuple(FAMILY_OPS)

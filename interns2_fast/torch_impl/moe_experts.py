@@ -26,6 +26,8 @@ added in the same fp32 pass when given. How the GEMMs run depends on where the t
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -159,25 +161,55 @@ def _shared_hidden(hidden, shared_gate_proj, shared_up_proj):
     return F.silu(F.linear(hidden, shared_gate_proj)) * F.linear(hidden, shared_up_proj)
 
 
-def _gathered_decode(hidden, flat_ids, w_slots, k, gate_up_proj, down_proj, shared_h, shared_down_proj):
-    """Decode-sized T*k: the k routed slots of each token without a per-expert loop.
+def _gathered_decode(hidden, flat_ids, w_slots, k, gate_up_proj, down_proj, shared_out):
+    """Decode-sized T*k: the k routed slots of each token with the selected experts' weights
+    gathered (`index_select` of the packed weights: reads only the experts picked, no host read).
 
-    gate|up for the k slots of token t is ONE matmul of the token's row with the gathered
-    [k * 2I, H] rows of its experts (`index_select` of the packed weights); the routing weight
-    scales silu(gate) * up (the down GEMM is linear); the down GEMMs of the k slots and their sum
-    are ONE matmul of the token's [1, k*I] row with the gathered [k*I, H] (down_proj read
-    transposed), whose fp32 accumulation adds the shared expert's (already gated) output in place
-    (`baddbmm`). About 8 ATen ops besides the shared expert's, whatever k.
+    gate|up of the k slots of token t is ONE matmul of its row with the gathered [k * 2I, H] rows;
+    the k down GEMVs are one `bmm`; the routing-weighted sum over the k slots and the shared
+    expert's add are ONE `baddbmm` ([1, k] weights x [k, H] rows + shared, fp32 accumulation).
+    8 ATen ops whatever k.
     """
     T, H = hidden.shape
     inter = down_proj.shape[2]
-    gu = torch.bmm(gate_up_proj.index_select(0, flat_ids).view(T, k * 2 * inter, H), hidden.unsqueeze(-1))
+    S = T * k
+    # row-vector x matrix^T orientation: 3-6x faster on the CPU than the matrix x column form
+    gu = torch.bmm(hidden.unsqueeze(1), gate_up_proj.index_select(0, flat_ids).view(T, k * 2 * inter, H).transpose(1, 2))
     gate, up = gu.view(T, k, 2 * inter).split(inter, dim=-1)
     h = F.silu(gate) * up  # [T, k, I], hidden's dtype (as the eager loop rounds it)
-    h = h * w_slots.view(T, k, 1).to(h.dtype)
-    down_t = down_proj.transpose(1, 2).index_select(0, flat_ids).view(T, k * inter, H)
-    shared = F.linear(shared_h, shared_down_proj).unsqueeze(1)  # [T, 1, H]
-    return torch.baddbmm(shared, h.reshape(T, 1, k * inter), down_t).view(T, H)
+    y = torch.bmm(h.reshape(S, 1, inter), down_proj.index_select(0, flat_ids).transpose(1, 2))  # [S, 1, H]
+    return torch.baddbmm(shared_out.unsqueeze(1), w_slots.reshape(T, 1, k).to(hidden.dtype),
+                         y.view(T, k, H)).view(T, H)
+
+
+#: CPU decode: up to this many bytes of selected expert weights are gathered (`_gathered_decode`);
+#: above it `grouped_mm` reads them in place (at Intern-S2 width, 24 MB per token in bf16, the
+#: gather's copy costs several times the memory-bound GEMMs).
+CPU_GATHER_BYTES = 1 << 21
+
+
+@functools.lru_cache(maxsize=None)
+def _expert_range(num_experts: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(num_experts, dtype=torch.int64, device=device)
+
+
+def _grouped_decode(gmm, hidden, flat_ids, w_flat, k, gate_up_proj, down_proj, shared_out):
+    """Decode-sized T*k on the CPU: the k slots of every token through `grouped_mm`, which reads each
+    hit expert's weights in place (no gathered copy: at Intern-S2 width a gather of the k experts'
+    weights costs more than the GEMMs, which are memory-bound at T*k <= 64), then the weighted
+    sum and the shared expert's add as ONE matmul: out = shared + M @ y with M [T, T*k] holding
+    each sorted row's routing weight in its token's row. About 13 ATen ops, whatever k."""
+    T, H = hidden.shape
+    E = gate_up_proj.shape[0]
+    sorted_ids, order = torch.sort(flat_ids, stable=True)  # slots grouped by expert
+    tok = torch.div(order, k, rounding_mode="floor")
+    x_sorted = hidden.index_select(0, tok)
+    offs = torch.searchsorted(sorted_ids, _expert_range(E, hidden.device), right=True, out_int32=True)
+    gate, up = gmm(x_sorted, gate_up_proj.transpose(-2, -1), offs=offs).chunk(2, dim=-1)
+    y = gmm(F.silu(gate) * up, down_proj.transpose(-2, -1), offs=offs)  # [T*k, H], hidden's dtype
+    m = torch.zeros(T, T * k, dtype=hidden.dtype, device=hidden.device)
+    m.scatter_(0, tok.view(1, -1), w_flat.index_select(0, order).to(hidden.dtype).view(1, -1))
+    return torch.addmm(shared_out, m, y)
 
 
 def moe_experts_shared(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, shared_gate_proj, shared_up_proj,
@@ -201,4 +233,9 @@ def moe_experts_shared(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, 
         flat_ids = flat_ids.clamp(0, E - 1)
         w_slots = torch.where(valid.view_as(w_slots), w_slots, 0.0)
     shared_h = _shared_hidden(hidden, shared_gate_proj, shared_up_proj) * torch.sigmoid(gate_logit)
-    return _gathered_decode(hidden, flat_ids, w_slots, k, gate_up_proj, down_proj, shared_h, shared_down_proj)
+    shared_out = F.linear(shared_h, shared_down_proj)
+    gmm = _grouped_mm_fn()
+    gathered_bytes = T * k * (gate_up_proj[0].numel() + down_proj[0].numel()) * gate_up_proj.element_size()
+    if hidden.device.type == "cpu" and gmm is not None and gathered_bytes > CPU_GATHER_BYTES:
+        return _grouped_decode(gmm, hidden, flat_ids, w_slots.reshape(-1), k, gate_up_proj, down_proj, shared_out)
+    return _gathered_decode(hidden, flat_ids, w_slots, k, gate_up_proj, down_proj, shared_out)
