@@ -38,7 +38,7 @@ CASES = {
     "rms_norm_gated": ("linear_attn.norm", _scaled),
     "chunk_gated_delta_rule": ("linear_attn", _scaled),
     "causal_conv1d_update": ("linear_attn", _corrupt_state),
-    "moe_experts": ("mlp", _scaled),
+    "moe_sparse_block": ("mlp", _scaled),  # what the sparse-MoE block calls (router + experts + shared)
     "add_rms_norm": ("", _scaled),  # decoder layers / final norm
 }
 
