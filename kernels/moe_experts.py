@@ -236,6 +236,125 @@ def _combine_kernel(
                  mask=tmask[:, None])
 
 
+@triton.jit
+def _swiglu_rows(x_row, wg_rows, wu_rows, cols64, cmask, K: tl.constexpr, BLOCK_K: tl.constexpr,
+                 BLOCK_N: tl.constexpr):
+    """silu(Wg[cols] @ x) * (Wu[cols] @ x) in fp32 for one input row x (length K, stride 1) and the
+    output rows `cols64` of two [*, K] weight matrices (stride K); masked along both axes."""
+    acc_g = tl.zeros([BLOCK_N], dtype=tl.float32)
+    acc_u = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        kk = k0 + tl.arange(0, BLOCK_K)
+        kmask = kk < K
+        x = tl.load(x_row + kk, mask=kmask, other=0.0).to(tl.float32)
+        m2 = cmask[:, None] & kmask[None, :]
+        wg = tl.load(wg_rows + cols64[:, None] * K + kk[None, :], mask=m2, other=0.0).to(tl.float32)
+        wu = tl.load(wu_rows + cols64[:, None] * K + kk[None, :], mask=m2, other=0.0).to(tl.float32)
+        acc_g += tl.sum(wg * x[None, :], axis=1)
+        acc_u += tl.sum(wu * x[None, :], axis=1)
+    return acc_g / (1.0 + tl.exp(-acc_g)) * acc_u
+
+
+@triton.jit
+def _gemv_rows(v_row, w_rows, cols64, cmask, K: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+    """W[cols] @ v in fp32 for one row v (length K) and the rows `cols64` of a [*, K] matrix."""
+    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        kk = k0 + tl.arange(0, BLOCK_K)
+        kmask = kk < K
+        v = tl.load(v_row + kk, mask=kmask, other=0.0).to(tl.float32)
+        w = tl.load(w_rows + cols64[:, None] * K + kk[None, :], mask=cmask[:, None] & kmask[None, :],
+                    other=0.0).to(tl.float32)
+        acc += tl.sum(w * v[None, :], axis=1)
+    return acc
+
+
+@triton.jit
+def _shared_decode_gate_up_kernel(
+    x_ptr, w_ptr, ids_ptr, sg_ptr, su_ptr, sgate_ptr, inter_ptr, sinter_ptr, glogit_ptr,
+    num_tokens, num_tasks, E,
+    H: tl.constexpr, I: tl.constexpr, IS: tl.constexpr, K_TOP: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """One launch for the k routed slots AND the shared expert of every token (the k + 1-th slot).
+    Tasks: [0, T*k*nI) routed (slot, I tile); then T*nS shared (token, IS tile); then T gate logits
+    (x[t] . w_gate, rounded to hidden's dtype as the Linear H -> 1 returns it)."""
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    n_i: tl.constexpr = (I + BLOCK_N - 1) // BLOCK_N
+    n_s: tl.constexpr = (IS + BLOCK_N - 1) // BLOCK_N
+    routed = num_tokens * K_TOP * n_i
+    shared = routed + num_tokens * n_s
+    ar_n = tl.arange(0, BLOCK_N)
+    for task in range(pid, num_tasks, nprog):
+        if task < routed:
+            s = task // n_i
+            nt = task % n_i
+            e64 = tl.cast(_clamp_expert(tl.load(ids_ptr + s), E), tl.int64)
+            t64 = tl.cast(s // K_TOP, tl.int64)
+            cols = nt * BLOCK_N + ar_n
+            cmask = cols < I
+            cols64 = tl.cast(cols, tl.int64)
+            w_base = w_ptr + e64 * (2 * I * H)
+            h = _swiglu_rows(x_ptr + t64 * H, w_base, w_base + I * H, cols64, cmask, H, BLOCK_K, BLOCK_N)
+            tl.store(inter_ptr + tl.cast(s, tl.int64) * I + cols64, h.to(inter_ptr.dtype.element_ty), mask=cmask)
+        elif task < shared:
+            r = task - routed
+            t64 = tl.cast(r // n_s, tl.int64)
+            nt = r % n_s
+            cols = nt * BLOCK_N + ar_n
+            cmask = cols < IS
+            cols64 = tl.cast(cols, tl.int64)
+            h = _swiglu_rows(x_ptr + t64 * H, sg_ptr, su_ptr, cols64, cmask, H, BLOCK_K, BLOCK_N)
+            tl.store(sinter_ptr + t64 * IS + cols64, h.to(sinter_ptr.dtype.element_ty), mask=cmask)
+        else:
+            t64 = tl.cast(task - shared, tl.int64)
+            acc = tl.zeros([BLOCK_K], dtype=tl.float32)
+            for k0 in range(0, H, BLOCK_K):
+                kk = k0 + tl.arange(0, BLOCK_K)
+                kmask = kk < H
+                x = tl.load(x_ptr + t64 * H + kk, mask=kmask, other=0.0).to(tl.float32)
+                wv = tl.load(sgate_ptr + kk, mask=kmask, other=0.0).to(tl.float32)
+                acc += x * wv
+            g = tl.sum(acc, axis=0)
+            tl.store(glogit_ptr + t64, g.to(glogit_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _shared_decode_down_combine_kernel(
+    inter_ptr, w_ptr, ids_ptr, topk_w_ptr, sinter_ptr, sd_ptr, glogit_ptr, out_ptr,
+    num_tasks, E,
+    H: tl.constexpr, I: tl.constexpr, IS: tl.constexpr, K_TOP: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Per (token, H tile): the k routed down GEMVs weighted by the routing weights and summed in
+    the fixed order j = 0..k-1, then + sigmoid(gate logit) * the shared expert's down GEMV (slot k),
+    all in fp32, stored once in hidden's dtype. A slot whose id is outside [0, E) adds nothing."""
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    n_h: tl.constexpr = (H + BLOCK_N - 1) // BLOCK_N
+    ar_n = tl.arange(0, BLOCK_N)
+    for task in range(pid, num_tasks, nprog):
+        t64 = tl.cast(task // n_h, tl.int64)
+        nt = task % n_h
+        cols = nt * BLOCK_N + ar_n
+        cmask = cols < H
+        cols64 = tl.cast(cols, tl.int64)
+        out = tl.zeros([BLOCK_N], dtype=tl.float32)
+        for j in range(K_TOP):  # fixed order: bit-reproducible
+            s64 = t64 * K_TOP + j
+            e = tl.load(ids_ptr + s64)
+            ok = (e >= 0) & (e < E)
+            e64 = tl.cast(_clamp_expert(e, E), tl.int64)
+            y = _gemv_rows(inter_ptr + s64 * I, w_ptr + e64 * (H * I), cols64, cmask, I, BLOCK_K, BLOCK_N)
+            wt = tl.load(topk_w_ptr + s64).to(tl.float32)
+            out += tl.where(ok, y * wt, 0.0)
+        ys = _gemv_rows(sinter_ptr + t64 * IS, sd_ptr, cols64, cmask, IS, BLOCK_K, BLOCK_N)
+        g = tl.load(glogit_ptr + t64).to(tl.float32)
+        out += ys / (1.0 + tl.exp(-g))
+        tl.store(out_ptr + t64 * H + cols64, out.to(out_ptr.dtype.element_ty), mask=cmask)
+
+
 def block_size_for(num_slots: int, num_experts: int) -> int:
     """Rows per GEMM block (= the plan's block_size): about the mean rows per hit expert, 16..64."""
     per_expert = num_slots / max(1, min(num_experts, num_slots))
@@ -338,6 +457,72 @@ def moe_experts(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, *, shar
     return combine(y, ids, E, T, k, hidden.dtype, shared_expert_output, shared_expert_gate)
 
 
+def _pow2_blk(dim: int, block: int) -> int:
+    """A power-of-two tile no larger than `block` and no larger than dim rounded up to a power of two
+    (the masked kernels take any dim)."""
+    return min(block, triton.next_power_of_2(max(1, dim)))
+
+
+def shared_problem(H: int, I: int, IS: int) -> str | None:
+    """Why `moe_experts_shared` cannot take these widths on Triton (None: it can). The decode kernels
+    are masked (any H, I, IS); the prefill path reuses the plan GEMMs, whose tiles `tile_problem` checks."""
+    for name, dim in (("H", H), ("I", I), ("IS", IS)):
+        if dim <= 0:
+            return f"{name}={dim}: empty weights"
+    return tile_problem(H, I)
+
+
+def moe_experts_shared(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, shared_gate_proj, shared_up_proj,
+                       shared_down_proj, shared_gate, *, plan_fn=None, force_plan: bool = False):
+    """Routed experts + the sigmoid-gated shared expert. Decode (T*k <= DECODE_SLOTS): two launches —
+    `_shared_decode_gate_up_kernel` (k routed slots + the shared slot + the gate logit) and
+    `_shared_decode_down_combine_kernel` (down GEMVs, routing weights, sigmoid gate, sum), reading the
+    module's own weight tensors (no concatenated copy). Prefill: the shared expert as ATen linears and
+    the plan GEMMs with the gated shared add fused into the combine (`moe_experts`)."""
+    import torch.nn.functional as F
+
+    T, H = hidden.shape
+    k = topk_ids.shape[1]
+    E, two_i, _ = gate_up_proj.shape
+    I = two_i // 2
+    IS = shared_gate_proj.shape[0]
+    S = T * k
+    why = shared_problem(H, I, IS)
+    if why is not None:
+        raise ValueError(f"moe_experts_shared (triton): {why}")
+    if S > DECODE_SLOTS or force_plan:
+        x = hidden
+        shared = F.linear(F.silu(F.linear(x, shared_gate_proj)) * F.linear(x, shared_up_proj), shared_down_proj)
+        return moe_experts(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, shared_expert_output=shared,
+                           shared_expert_gate=F.linear(x, shared_gate), plan_fn=plan_fn, force_plan=force_plan)
+    dev = hidden.device
+    x = hidden.contiguous()
+    gu, dn = gate_up_proj.contiguous(), down_proj.contiguous()
+    sg, su, sd = shared_gate_proj.contiguous(), shared_up_proj.contiguous(), shared_down_proj.contiguous()
+    wg = shared_gate.contiguous()
+    ids = topk_ids.contiguous()  # int64 or int32: the kernels load either and clamp for the weight read
+    w = topk_weights if topk_weights.dtype == torch.float32 else topk_weights.float()
+    w = w.contiguous()
+    inter = torch.empty(S, I, dtype=hidden.dtype, device=dev)
+    sinter = torch.empty(T, IS, dtype=hidden.dtype, device=dev)
+    glogit = torch.empty(T, dtype=hidden.dtype, device=dev)
+    out = torch.empty(T, H, dtype=hidden.dtype, device=dev)
+    bn = _pow2_blk(max(I, IS), DEC_BLOCK_N)
+    bk = _pow2_blk(H, DEC_BLOCK_K)
+    nt = S * triton.cdiv(I, bn) + T * triton.cdiv(IS, bn) + T
+    with _device.device_guard(hidden):
+        _shared_decode_gate_up_kernel[(_device.persistent_grid(dev, nt, cube=False),)](
+            x, gu, ids, sg, su, wg, inter, sinter, glogit, T, nt, E,
+            H=H, I=I, IS=IS, K_TOP=k, BLOCK_N=bn, BLOCK_K=bk)
+        bn = _pow2_blk(H, DEC_BLOCK_N)
+        bk = _pow2_blk(max(I, IS), DEC_BLOCK_K)
+        nt = T * triton.cdiv(H, bn)
+        _shared_decode_down_combine_kernel[(_device.persistent_grid(dev, nt, cube=False),)](
+            inter, dn, ids, w, sinter, sd, glogit, out, nt, E,
+            H=H, I=I, IS=IS, K_TOP=k, BLOCK_N=bn, BLOCK_K=bk)
+    return out
+
+
 # Production configurations: Intern-S2 E=256, k=8, H=2048, I=512, bf16. T (hence the number of
 # slots, plan rows and tasks) is a runtime value; the block size takes the values block_size_for
 # picks (16 at T<=512, 64 at T=4096).
@@ -381,4 +566,19 @@ LOWERING_CONFIGS = _gemm_configs() + [
         {"H": _H, "K_TOP": _K, "HAS_SHARED": shared, "HAS_SHARED_GATE": shared, "BLOCK_T": CB_BLOCK_T,
          "BLOCK_H": CB_BLOCK_H})
     for shared in (False, True)
+] + [
+    LoweringConfig(
+        f"moe_experts_shared/decode_gate_up_{tag}", _shared_decode_gate_up_kernel,
+        {"x_ptr": "*bf16", "w_ptr": "*bf16", "ids_ptr": ids, "sg_ptr": "*bf16", "su_ptr": "*bf16",
+         "sgate_ptr": "*bf16", "inter_ptr": "*bf16", "sinter_ptr": "*bf16", "glogit_ptr": "*bf16",
+         "num_tokens": "i32", "num_tasks": "i32", "E": "i32"},
+        {"H": _H, "I": _I, "IS": _I, "K_TOP": _K, "BLOCK_N": DEC_BLOCK_N, "BLOCK_K": DEC_BLOCK_K})
+    for tag, ids in (("i64", "*i64"), ("i32", "*i32"))
+] + [
+    LoweringConfig(
+        f"moe_experts_shared/decode_down_combine_{tag}", _shared_decode_down_combine_kernel,
+        {"inter_ptr": "*bf16", "w_ptr": "*bf16", "ids_ptr": ids, "topk_w_ptr": "*fp32", "sinter_ptr": "*bf16",
+         "sd_ptr": "*bf16", "glogit_ptr": "*bf16", "out_ptr": "*bf16", "num_tasks": "i32", "E": "i32"},
+        {"H": _H, "I": _I, "IS": _I, "K_TOP": _K, "BLOCK_N": DEC_BLOCK_N, "BLOCK_K": DEC_BLOCK_K})
+    for tag, ids in (("i64", "*i64"), ("i32", "*i32"))
 ]

@@ -98,3 +98,37 @@ def test_moe_experts(benchmark, backend, T):
     run()
     synchronize(DEVICE)
     benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=0)
+
+
+SHARED_TOKENS = [1, 8] if QUICK else [1, 8, 512]
+_SHARED: dict = {}
+
+
+def _shared_weights():
+    if "w" not in _SHARED:
+        g = torch.Generator(device="cpu").manual_seed(1)
+        r = lambda *s: (torch.randn(*s, generator=g) * s[-1] ** -0.5).to(DEVICE, DTYPE)  # noqa: E731
+        _SHARED["w"] = (r(I, H), r(I, H), r(H, I), r(1, H), r(E, H))  # shared gate/up/down, gate, router
+    return _SHARED["w"]
+
+
+@pytest.mark.parametrize("op", ["moe_experts_shared", "moe_sparse_block"])
+@pytest.mark.parametrize("backend", ["reference", "torch", "triton"])
+@pytest.mark.parametrize("T", SHARED_TOKENS)
+def test_moe_experts_shared(benchmark, op, backend, T):
+    """moe_experts_shared (routed experts + the gated shared expert, IS = I = 512) and moe_sparse_block
+    (the same after the router, in one op) at Intern-S2 shapes."""
+    skip_unavailable(backend, DEVICE)
+    label(benchmark, op=op, shape=f"T={T} E={E} k={K} H={H} I=IS={I}", backend=backend, device=DEVICE, dtype=DTYPE)
+    gu, dn = _weights()
+    sg, su, sd, sgate, router = _shared_weights()
+    hidden, ids, w = _inputs(T)
+    if op == "moe_experts_shared":
+        run = lambda: ops.moe_experts_shared(hidden, ids, w, gu, dn, sg, su, sd, sgate, backend=backend)  # noqa: E731
+    else:
+        run = lambda: ops.moe_sparse_block(hidden, router, K, True, gu, dn, sg, su, sd, sgate,  # noqa: E731
+                                           backend=backend)
+    rounds = (3 if T >= 512 else 10) if DEVICE.type == "cpu" else 20
+    run()
+    synchronize(DEVICE)
+    benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=0)

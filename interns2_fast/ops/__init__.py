@@ -13,6 +13,7 @@ from .gdn import (
     gdn_gating,
 )
 from .moe import RoutingPlan, moe_align, moe_align_max_rows, moe_experts, moe_route
+from .moe import moe_experts_shared, moe_sparse_block
 from .norm_gated import rms_norm_gated
 from .rms_norm import add_rms_norm
 from .decode_attention import decode_attention
@@ -34,6 +35,8 @@ __all__ = [
     "decode_attention",
     "moe_route",
     "moe_experts",
+    "moe_experts_shared",
+    "moe_sparse_block",
     "moe_align",
     "moe_align_max_rows",
     "RoutingPlan",

@@ -18,7 +18,11 @@ from ._validate import check_index, check_positive_dims, check_same_device, chec
 def _check_ids_on_host(op, topk_ids, num_experts):
     """Expert ids in [0, E), checked where that costs no device sync (CPU tensors, outside tracing)."""
     if topk_ids.numel() and values_in_host_memory(topk_ids):
-        lo, hi = torch.stack(torch.aminmax(topk_ids)).tolist()  # host memory: a read, not a device sync
+        if type(topk_ids) is torch.Tensor:  # a plain host tensor: read in place, no ATen op
+            a = topk_ids.detach().numpy()
+            lo, hi = int(a.min()), int(a.max())
+        else:
+            lo, hi = torch.stack(torch.aminmax(topk_ids)).tolist()  # host memory: a read, not a device sync
         if lo < 0 or hi >= num_experts:
             raise ValueError(f"{op}: topk_ids must lie in [0, {num_experts}), got values in [{lo}, {hi}]")
 
@@ -203,3 +207,175 @@ def _experts_npu_native(**kw):
     from ..torch_impl import moe_npu_native
 
     return moe_npu_native.moe_experts(**kw)
+
+
+# --- expert FFNs with the shared expert as one more slot ---------------------------------------------
+
+def _check_shared_weights(op, hidden, shared_gate_proj, shared_up_proj, shared_down_proj, shared_gate):
+    H = hidden.shape[1]
+    check_tensor(op, "shared_gate_proj", shared_gate_proj, ndim=2, dtypes=(hidden.dtype,), shape=(None, H))
+    IS = shared_gate_proj.shape[0]
+    check_tensor(op, "shared_up_proj", shared_up_proj, ndim=2, dtypes=(hidden.dtype,), shape=(IS, H))
+    check_tensor(op, "shared_down_proj", shared_down_proj, ndim=2, dtypes=(hidden.dtype,), shape=(H, IS))
+    check_tensor(op, "shared_gate", shared_gate, ndim=2, dtypes=(hidden.dtype,), shape=(1, H))
+    check_positive_dims(op, IS=IS)
+
+
+def _check_block_weights(op, hidden, gate_up_proj, down_proj, shared_gate_proj, shared_up_proj, shared_down_proj,
+                         shared_gate) -> int:
+    """hidden [T, H], the packed expert weights and the shared expert's weights; returns E."""
+    check_tensor(op, "hidden", hidden, ndim=2)
+    H = hidden.shape[1]
+    check_tensor(op, "gate_up_proj", gate_up_proj, ndim=3, dtypes=(hidden.dtype,), shape=(None, None, H))
+    E, two_i, _ = gate_up_proj.shape
+    if two_i % 2:
+        raise ValueError(f"{op}: gate_up_proj's middle axis holds gate and up halves, so it must be even, got {two_i}")
+    check_tensor(op, "down_proj", down_proj, ndim=3, dtypes=(hidden.dtype,), shape=(E, H, two_i // 2))
+    check_positive_dims(op, H=H, I=two_i // 2, E=E)
+    _check_shared_weights(op, hidden, shared_gate_proj, shared_up_proj, shared_down_proj, shared_gate)
+    return E
+
+
+@define("(Tensor hidden, Tensor topk_ids, Tensor topk_weights, Tensor gate_up_proj, Tensor down_proj, "
+        "Tensor shared_gate_proj, Tensor shared_up_proj, Tensor shared_down_proj, Tensor shared_gate) -> Tensor",
+        fake=lambda hidden, **_: torch.empty_like(hidden, memory_format=torch.contiguous_format),
+        empty=lambda hidden, **_: _empty.like(hidden) if hidden.shape[0] == 0 else None)
+def moe_experts_shared(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, shared_gate_proj, shared_up_proj,
+                       shared_down_proj, shared_gate):
+    """The sparse-MoE block after its router: the routed SwiGLU experts plus the sigmoid-gated shared
+    expert, computed as k + 1 slots per token.
+
+    out[t] = sum_j w[t, j] * down[e] @ (silu(gate) * up)  (as `moe_experts`, e = topk_ids[t, j])
+             + sigmoid(shared_gate @ hidden[t]) * Wd @ (silu(Wg @ hidden[t]) * (Wu @ hidden[t]))
+
+    hidden [T, H]; topk_ids [T, k] int64/int32; topk_weights [T, k] (fp32 or hidden's dtype);
+    gate_up_proj [E, 2I, H], down_proj [E, H, I] (the experts' packed weights as stored);
+    shared_gate_proj / shared_up_proj [IS, H], shared_down_proj [H, IS] (the shared expert MLP's
+    `gate_proj` / `up_proj` / `down_proj` Linear weights, IS = its width, may differ from I);
+    shared_gate [1, H] (the `shared_expert_gate` Linear H -> 1 weight). No bias anywhere. Returns
+    [T, H] in hidden's dtype; T = 0 gives [0, H]; ids as in `moe_experts` (outside [0, E): an error
+    in host memory, no contribution on a device).
+
+    Why an op of its own rather than more arguments of `moe_experts`: `moe_experts` is transformers'
+    experts interface (`ALL_EXPERTS_FUNCTIONS`; its shared arguments are an already computed shared
+    output and gate logit); this op takes the shared expert's WEIGHTS and computes its GEMMs, so
+    its reference (the installed block's shared-expert formula), its capability predicate (the
+    shared width IS) and its kernels differ. The weights are the modules' own tensors: nothing is
+    concatenated or copied.
+
+    Backends: reference (the installed eager expert loop + the block's shared-expert formula, in
+    hidden's dtype, as the transformers block computes it); torch (decode-sized T*k: gathered
+    expert weights and batched matmuls, no per-expert loop; larger T: `moe_experts`' torch path);
+    triton (T*k <= 64: two launches, gate_up of the k + 1 slots with the gate logit, then down with
+    the routing weights, the sigmoid gate and the sum fused; larger T: the plan GEMMs, the shared
+    expert as linears added in the combine).
+    """
+    op = "moe_experts_shared"
+    E = _check_block_weights(op, hidden, gate_up_proj, down_proj, shared_gate_proj, shared_up_proj,
+                             shared_down_proj, shared_gate)
+    T = hidden.shape[0]
+    check_tensor(op, "topk_ids", topk_ids, ndim=2, dtypes=(torch.int64, torch.int32), shape=(T, None))
+    check_tensor(op, "topk_weights", topk_weights, ndim=2, dtypes=(torch.float32, hidden.dtype),
+                 shape=tuple(topk_ids.shape))
+    check_positive_dims(op, k=topk_ids.shape[1])
+    _check_ids_on_host(op, topk_ids, E)
+    check_same_device(op, hidden=hidden, topk_ids=topk_ids, topk_weights=topk_weights, gate_up_proj=gate_up_proj,
+                      down_proj=down_proj, shared_gate_proj=shared_gate_proj, shared_up_proj=shared_up_proj,
+                      shared_down_proj=shared_down_proj, shared_gate=shared_gate)
+
+
+@moe_experts_shared.register("reference")
+def _experts_shared_reference(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, shared_gate_proj,
+                              shared_up_proj, shared_down_proj, shared_gate):
+    import torch.nn.functional as F
+
+    # transformers' block: experts(...) then shared_expert(x) (gate/up/down Linears, SiLU), scaled by
+    # sigmoid(shared_expert_gate(x)), added, all in hidden's dtype
+    out = reference.moe_experts(hidden, topk_ids.long(), topk_weights, gate_up_proj, down_proj)
+    shared = F.linear(F.silu(F.linear(hidden, shared_gate_proj)) * F.linear(hidden, shared_up_proj), shared_down_proj)
+    return out + F.sigmoid(F.linear(hidden, shared_gate)) * shared
+
+
+@moe_experts_shared.register("torch")
+def _experts_shared_torch(**kw):
+    from ..torch_impl import moe_experts as impl
+
+    return impl.moe_experts_shared(**kw)
+
+
+def _triton_shared_tiles(device, hidden, down_proj, shared_gate_proj, **_):
+    from ..kernels.moe_experts import shared_problem
+
+    why = shared_problem(hidden.shape[1], down_proj.shape[2], shared_gate_proj.shape[0])
+    return OK if why is None else (False, why)
+
+
+@moe_experts_shared.register("triton", supports=_triton_shared_tiles)
+def _experts_shared_triton(**kw):
+    from ..kernels import moe_experts as impl
+
+    return impl.moe_experts_shared(**kw, plan_fn=moe_align)
+
+
+# --- the whole sparse-MoE block: router + experts + shared expert ----------------------------------
+
+@define("(Tensor hidden, Tensor router_weight, int top_k, bool renormalize, Tensor gate_up_proj, Tensor down_proj, "
+        "Tensor shared_gate_proj, Tensor shared_up_proj, Tensor shared_down_proj, Tensor shared_gate) -> Tensor",
+        fake=lambda hidden, **_: torch.empty_like(hidden, memory_format=torch.contiguous_format),
+        empty=lambda hidden, **_: _empty.like(hidden) if hidden.shape[0] == 0 else None)
+def moe_sparse_block(hidden, router_weight, top_k, renormalize, gate_up_proj, down_proj, shared_gate_proj,
+                     shared_up_proj, shared_down_proj, shared_gate):
+    """The sparse-MoE block's forward on [T, H] tokens: `moe_route` (router logits, fp32 softmax,
+    top-k, renormalise when `renormalize`) then `moe_experts_shared` (routed experts + the
+    sigmoid-gated shared expert, combined) — one op, so a decode token pays the op layer once per
+    block, and on Triton three launches in all (router, gate_up of the k + 1 slots, down with the
+    combine). The router logits are not returned (the block does not return them; a router whose
+    output is recorded is called as a module and `moe_experts_shared` runs after it).
+
+    router_weight [E, H]; the other arguments as in `moe_route` / `moe_experts_shared`. Returns
+    [T, H] in hidden's dtype; T = 0 gives [0, H]. A token whose router logits hold a NaN/Inf gets
+    NaN weights (`moe_route`) and so a NaN row; other tokens are unaffected.
+    """
+    op = "moe_sparse_block"
+    E = _check_block_weights(op, hidden, gate_up_proj, down_proj, shared_gate_proj, shared_up_proj,
+                             shared_down_proj, shared_gate)
+    check_tensor(op, "router_weight", router_weight, ndim=2, dtypes=(hidden.dtype,), shape=(E, hidden.shape[1]))
+    check_index(op, "top_k", top_k, minimum=1, maximum=E)
+    check_same_device(op, hidden=hidden, router_weight=router_weight, gate_up_proj=gate_up_proj, down_proj=down_proj,
+                      shared_gate_proj=shared_gate_proj, shared_up_proj=shared_up_proj,
+                      shared_down_proj=shared_down_proj, shared_gate=shared_gate)
+
+
+def _block_args(kw):
+    route = dict(hidden=kw["hidden"], weight=kw.pop("router_weight"), top_k=kw.pop("top_k"),
+                 renormalize=bool(kw.pop("renormalize")))
+    return route, kw
+
+
+@moe_sparse_block.register("reference")
+def _block_reference(**kw):
+    route, rest = _block_args(kw)
+    _, weights, ids = reference.moe_route(**route)
+    return _experts_shared_reference(topk_ids=ids, topk_weights=weights, **rest)
+
+
+@moe_sparse_block.register("torch")
+def _block_torch(**kw):
+    from ..torch_impl import moe_experts as impl, moe_routing
+
+    route, rest = _block_args(kw)
+    _, weights, ids = moe_routing.moe_route(**route)
+    return impl.moe_experts_shared(topk_ids=ids, topk_weights=weights, **rest)
+
+
+def _triton_block_tiles(device, hidden, down_proj, shared_gate_proj, **_):
+    return _triton_shared_tiles(device, hidden, down_proj, shared_gate_proj)
+
+
+@moe_sparse_block.register("triton", supports=_triton_block_tiles)
+def _block_triton(**kw):
+    from ..kernels import moe_experts as impl, moe_routing
+
+    route, rest = _block_args(kw)
+    _, weights, ids = moe_routing.moe_route(**route)
+    return impl.moe_experts_shared(topk_ids=ids, topk_weights=weights, **rest, plan_fn=moe_align)

@@ -79,7 +79,30 @@ def _moe_examples(block: nn.Module) -> dict[str, dict]:
                             topk_weights=_meta(1, k, dtype=torch.float32), gate_up_proj=experts.gate_up_proj,
                             down_proj=experts.down_proj, shared_expert_output=hidden if shared else None,
                             shared_expert_gate=_meta(1, 1, dtype=dt) if shared else None),
+        "moe_experts_shared": _moe_shared_example(block, hidden, k),
+        "moe_sparse_block": _moe_block_example(block, hidden, k),
     }
+
+
+def _moe_block_example(block: nn.Module, hidden, k: int) -> dict:
+    ex = _moe_shared_example(block, hidden, k)
+    del ex["topk_ids"], ex["topk_weights"]
+    return dict(ex, router_weight=block.gate.weight, top_k=k, renormalize=True)
+
+
+def _moe_shared_example(block: nn.Module, hidden, k: int) -> dict:
+    """moe_experts_shared's call: the shared expert's own weights (meta stand-ins when it has none)."""
+    from . import moe
+
+    experts = block.experts
+    H, dt = hidden.shape[1], hidden.dtype
+    weights = moe.shared_expert_weights(block)
+    if weights is None:
+        IS = experts.down_proj.shape[-1]
+        weights = (_meta(IS, H, dtype=dt), _meta(IS, H, dtype=dt), _meta(H, IS, dtype=dt), _meta(1, H, dtype=dt))
+    return dict(hidden=hidden, topk_ids=_meta(1, k, dtype=torch.int64), topk_weights=_meta(1, k, dtype=torch.float32),
+                gate_up_proj=experts.gate_up_proj, down_proj=experts.down_proj, shared_gate_proj=weights[0],
+                shared_up_proj=weights[1], shared_down_proj=weights[2], shared_gate=weights[3])
 
 
 def _rmsnorm_examples(m: nn.Module) -> dict[str, dict]:

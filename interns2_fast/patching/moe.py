@@ -169,6 +169,48 @@ def router_forward(router: torch.nn.Module, hidden_states: torch.Tensor, *, back
 # sparse-MoE block
 
 
+_SILU_NAMES = ("SiLU", "SiLUActivation", "SiluActivation")
+
+
+def _plain(module) -> bool:
+    """No hooks and no instance-level forward (patched, accelerate-hooked): its class forward runs."""
+    return isinstance(module, torch.nn.Module) and not (
+        module._forward_hooks or module._forward_pre_hooks or "forward" in vars(module))
+
+
+def shared_expert_weights(block: torch.nn.Module):
+    """(gate_proj, up_proj, down_proj, shared_expert_gate) weights when the block's shared expert is
+    what `ops.moe_experts_shared` computes: an MLP with bias-free `gate_proj` / `up_proj` /
+    `down_proj` Linears and a SiLU `act_fn`, a bias-free Linear(H -> 1) `shared_expert_gate`, none
+    of them hooked or with a replaced forward. None otherwise (the block then calls the modules)."""
+    shared, gate = getattr(block, "shared_expert", None), getattr(block, "shared_expert_gate", None)
+    if shared is None or gate is None:
+        return None
+    lins = [getattr(shared, n, None) for n in ("gate_proj", "up_proj", "down_proj")] + [gate]
+    if not all(_plain(m) for m in (shared, *lins)):
+        return None
+    if not all(isinstance(m, torch.nn.Linear) and m.bias is None for m in lins) or gate.out_features != 1:
+        return None
+    if type(getattr(shared, "act_fn", None)).__name__ not in _SILU_NAMES:
+        return None
+    return tuple(m.weight for m in lins)
+
+
+def _router_runs_here(router: torch.nn.Module) -> bool:
+    """True when the block may compute the routing itself with `ops.moe_route` (its first slot is
+    then never computed: the block does not return it): the router has no hooks (transformers'
+    `output_router_logits` recorder is one) and runs its class forward or interns2_fast's patched one."""
+    if router._forward_hooks or router._forward_pre_hooks:
+        return False
+    fwd = vars(router).get("forward")
+    if fwd is None:
+        return True
+    from .state import get_state
+
+    st = get_state(router)
+    return bool(getattr(fwd, "__interns2_fast__", False)) and st is not None and st.running_patched
+
+
 def sparse_moe_block_forward(block: torch.nn.Module, hidden_states: torch.Tensor, *,
                              backend: str | None = None, call=None) -> torch.Tensor:
     """The sparse-MoE block: router -> experts (+ sigmoid-gated shared expert fused into the
@@ -182,6 +224,25 @@ def sparse_moe_block_forward(block: torch.nn.Module, hidden_states: torch.Tensor
     shape = hidden_states.shape
     x = hidden_states.reshape(-1, shape[-1])
     router = block.gate
+    experts = block.experts
+    shared_w = shared_expert_weights(block)
+    plain_experts = not (getattr(experts, "has_bias", False) or getattr(experts, "is_transposed", False))
+    if shared_w is not None and plain_experts:
+        # The shared expert as one more slot of the expert GEMMs, its gate and the combine fused:
+        # ONE op for router + experts + shared expert when the router's output is not observed
+        # (its slot 0 is then never built), else the router module call + ONE experts op.
+        fire_offload_hooks(block, ("experts",), pre=True)
+        try:
+            if _router_runs_here(router):
+                out = call(ops.moe_sparse_block, x, router.weight, router.top_k,
+                           bool(getattr(router, "norm_topk_prob", True)), experts.gate_up_proj, experts.down_proj,
+                           *shared_w)
+            else:
+                _, weights, ids = router(x)  # hooked (e.g. output_router_logits) or replaced: the module call
+                out = call(ops.moe_experts_shared, x, ids, weights, experts.gate_up_proj, experts.down_proj, *shared_w)
+        finally:
+            fire_offload_hooks(block, ("experts",), pre=False)
+        return out.reshape(shape)
     if router._forward_hooks or router._forward_pre_hooks or "forward" in vars(router):
         _, weights, ids = router(x)  # hooked (e.g. output_router_logits) or patched: keep the module call
     else:
@@ -190,7 +251,6 @@ def sparse_moe_block_forward(block: torch.nn.Module, hidden_states: torch.Tensor
     shared_out = shared(x) if shared is not None else None
     gate = getattr(block, "shared_expert_gate", None)
     shared_gate = gate(x) if (gate is not None and shared_out is not None) else None  # [T, 1] logits
-    experts = block.experts
     if getattr(experts, "has_bias", False) or getattr(experts, "is_transposed", False):
         out = experts(x, ids, weights)
         if shared_out is not None:

@@ -41,7 +41,8 @@ FAMILY_OPS = {
     "gdn": ("gdn_gating", "chunk_gated_delta_rule", "fused_recurrent_gated_delta_rule_with_gating"),
     "conv": ("causal_conv1d_fn", "causal_conv1d_update"),
     "norm": ("rms_norm_gated",),
-    "moe": ("moe_route", "moe_experts"),
+    "moe": ("moe_route", "moe_experts",
+            "moe_experts_shared", "moe_sparse_block"),
     "rmsnorm": ("add_rms_norm",),
 }
 FAMILIES = tuple(FAMILY_OPS)

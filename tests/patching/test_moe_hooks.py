@@ -215,3 +215,67 @@ def test_router_probe_same_answer_on_meta_twin_and_real_router():
     assert hooks._probe_router_class(real) is returns_probs
     assert hooks._probe_router_class(meta) is returns_probs
     assert meta.weight.device.type == "meta" and real.weight.abs().sum() > 0  # neither instance was changed
+
+
+def _ops_called(fn):
+    from interns2_fast import ops
+
+    seen = []
+    originals = {n: getattr(ops, n) for n in ("moe_sparse_block", "moe_experts_shared", "moe_experts", "moe_route")}
+
+    class spy:
+        def __init__(self, name):
+            self.name = name
+
+        def __call__(self, *a, **kw):
+            seen.append(self.name)
+            return originals[self.name](*a, **kw)
+
+    import interns2_fast.patching.moe as m
+
+    try:
+        for n in originals:
+            setattr(m.ops, n, spy(n))
+        out = fn()
+    finally:
+        for n, f in originals.items():
+            setattr(m.ops, n, f)
+    return out, seen
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16"])
+def test_block_paths_by_what_is_observed(backend, dtype):
+    """Plain block: ONE op (moe_sparse_block). A hooked router (output_router_logits): the router
+    module call (its hook sees its output) + moe_experts_shared. A hooked shared expert: its module
+    call + moe_experts with the gated add. All equal the installed block."""
+    if backend == "triton":
+        pytest.importorskip("triton")
+    block = tiny_block(dtype)
+    x = torch.randn(1, 3, H).to(dtype)
+    with torch.no_grad():
+        want = block(x)
+        got, seen = _ops_called(lambda: hooks.sparse_moe_block_forward(block, x, backend=backend))
+        assert seen == ["moe_sparse_block"] and _rms(got, want) <= TOL[dtype]
+        router_seen = []
+        h = block.gate.register_forward_hook(lambda m, a, o: router_seen.append(o))
+        try:
+            got, seen = _ops_called(lambda: hooks.sparse_moe_block_forward(block, x, backend=backend))
+        finally:
+            h.remove()
+        assert seen == ["moe_experts_shared"] and len(router_seen) == 1 and _rms(got, want) <= TOL[dtype]
+        shared_seen = []
+        h = block.shared_expert.register_forward_hook(lambda m, a, o: shared_seen.append(o))
+        try:
+            got, seen = _ops_called(lambda: hooks.sparse_moe_block_forward(block, x, backend=backend))
+        finally:
+            h.remove()
+        assert "moe_experts" in seen and len(shared_seen) == 1 and _rms(got, want) <= TOL[dtype]
+
+
+def test_shared_expert_weights_by_structure():
+    block = tiny_block()
+    w = hooks.shared_expert_weights(block)
+    assert w is not None and w[0] is block.shared_expert.gate_proj.weight and w[3] is block.shared_expert_gate.weight
+    block.shared_expert.down_proj.bias = torch.nn.Parameter(torch.zeros(H))
+    assert hooks.shared_expert_weights(block) is None  # a biased Linear is not what the op computes
