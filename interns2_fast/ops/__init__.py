@@ -16,6 +16,7 @@ from .moe import RoutingPlan, moe_align, moe_align_max_rows, moe_experts, moe_ro
 from .norm_gated import rms_norm_gated
 from .rms_norm import add_rms_norm
 from .decode_attention import decode_attention
+from .attention_prologue import attention_prologue
 
 __all__ = [
     "BACKENDS",
@@ -32,6 +33,7 @@ __all__ = [
     "rms_norm_gated",
     "add_rms_norm",
     "decode_attention",
+    "attention_prologue",
     "moe_route",
     "moe_experts",
     "moe_align",
