@@ -43,6 +43,7 @@ FAMILY_OPS = {
     "norm": ("rms_norm_gated",),
     "moe": ("moe_route", "moe_experts"),
     "rmsnorm": ("add_rms_norm",),
+    "attention": ("attention_prologue", "decode_attention"),
 }
 FAMILIES = tuple(FAMILY_OPS)
 
