@@ -145,8 +145,10 @@ def _decode_inputs(self, args, kwargs):
 def attention_forward(self, state: ModuleState, *args, **kwargs):
     """Drop-in forward of the full-attention layer (see the module docstring)."""
     inputs = _decode_inputs(self, args, kwargs)
-    if inputs is None:
-        return state.original(*args, **kwargs)
+    if inputs is None:  # the layer's own forward (called unbound: torch.compile cannot trace a MethodType)
+        if state.previous is not None:
+            return state.previous(*args, **kwargs)
+        return type(self).forward(self, *args, **kwargs)
     hidden, cos, sin, mask, keys, values, lens = inputs
     ex = state.extra
     Hq, Hkv, D = ex["Hq"], ex["Hkv"], ex["D"]

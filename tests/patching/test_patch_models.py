@@ -192,7 +192,7 @@ def test_ops_subset_and_report_content(model_factory):
     md = report.to_markdown()
     assert "| `model.layers.0.mlp` | moe | reference |" in md and "skipped 0" in md
     with pytest.raises(ValueError, match="unknown op families"):
-        patch(model, ops=("attention",))
+        patch(model, ops=("flash_attention",))
 
 
 def test_skipped_candidates_are_reported_with_reason():
