@@ -31,6 +31,7 @@ experts), `patched` (`interns2_fast.patch(model, backend="auto")`), `patched-tri
 
     .venv/bin/python benchmarks/counts.py                      # 4-layer full-width stack, bf16, CPU
     .venv/bin/python benchmarks/counts.py --model default --dtype float32 --json counts.json
+    .venv/bin/python benchmarks/counts.py --path static --variants reference patched patched-triton  # the static step
 """
 from __future__ import annotations
 
@@ -315,9 +316,37 @@ def _next_token(logits):
     return logits[:, -1:].argmax(-1)
 
 
+def static_decode_step(model, prompt, out, steps: int):
+    """The static decode step `model.generate()` runs after `patch()` (`interns2_fast.decode`), set up on
+    the prefill `out` of `prompt` the way generate() sets it up (eager runner: what the CPU runs and what
+    a device graph captures); returns (step, first token)."""
+    import torch
+
+    from interns2_fast.bench import output_cache
+    from interns2_fast.decode.static_cache import StaticDecodeCache, read_cache_states
+    from interns2_fast.decode.step import DecodeStep, find_parts
+    from interns2_fast.patching.caches import cache_protocol
+
+    parts = find_parts(model)
+    if isinstance(parts, str):
+        raise RuntimeError(f"static decode step: {parts}")
+    cache = output_cache(out)
+    states = read_cache_states(cache, parts.kinds)
+    B, T = prompt.shape
+    device, dtype = parts.embed.weight.device, parts.embed.weight.dtype
+    sc = StaticDecodeCache(states, B, -(-(T + steps + 2) // 64) * 64, torch.zeros(1, dtype=torch.long, device=device),
+                           cache_protocol(cache))
+    vocab = getattr(parts.lm_head, "out_features", None) or parts.lm_head.weight.shape[0]
+    step = DecodeStep(parts, sc, vocab_size=vocab, dtype=dtype, device=device)
+    step.load(states, T, None, torch.full((B, 1), T, dtype=torch.long, device=device))
+    return step, _next_token(out.logits)
+
+
 def measure_decode(model, *, variant: str = "reference", batch: int = 1, prompt_len: int = 8,
-                   steps: int = 2, seed: int = 0) -> Counts:
-    """Count ops, launches and syncs of `steps` decode steps of `model` (as it is: patch it first)."""
+                   steps: int = 2, seed: int = 0, path: str = "model") -> Counts:
+    """Count ops, launches and syncs of `steps` decode steps of `model` (as it is: patch it first).
+    path "model": `model(token, past_key_values=cache)` per step (transformers' own loop);
+    "static": the static decode step generate() runs after patch() (`static_decode_step`)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -334,9 +363,19 @@ def measure_decode(model, *, variant: str = "reference", batch: int = 1, prompt_
     kw = cache_keyword(model)
     with torch.no_grad():
         out = model(input_ids=prompt, use_cache=True)
-        cache, tok = output_cache(out), _next_token(out.logits)
-        out = model(input_ids=tok, use_cache=True, **{kw: cache})  # warm-up step
-        tok = _next_token(out.logits)
+        if path == "static":
+            step, tok = static_decode_step(model, prompt, out, steps + 1)
+            del out
+
+            def decode(tok):
+                step.input_ids.copy_(tok.view(-1, 1))
+                return _next_token(step()[:, None, :])
+        else:
+            cache, tok = output_cache(out), _next_token(out.logits)
+
+            def decode(tok):
+                return _next_token(model(input_ids=tok, use_cache=True, **{kw: cache}).logits)
+        tok = decode(tok)  # warm-up step
         activities = [ProfilerActivity.CPU]
         if device.type == "cuda":
             activities.append(ProfilerActivity.CUDA)
@@ -345,8 +384,7 @@ def measure_decode(model, *, variant: str = "reference", batch: int = 1, prompt_
         t0 = time.perf_counter()
         with count_triton_launches() as launches, layer_ranges(model), profile(activities=activities) as prof:
             for _ in range(steps):
-                out = model(input_ids=tok, use_cache=True, **{kw: cache})
-                tok = _next_token(out.logits)
+                tok = decode(tok)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
@@ -414,7 +452,7 @@ def build_model(kind: str, *, num_layers: int, dtype, device):
 
 
 def run_counts(model, variants=VARIANTS, *, batch: int = 1, prompt_len: int = 8, steps: int = 2,
-               progress=None) -> list[Counts]:
+               progress=None, path: str = "model") -> list[Counts]:
     """Measure each variant on `model`; a variant that cannot run gets `error` set."""
     results = []
     for variant in variants:
@@ -422,7 +460,8 @@ def run_counts(model, variants=VARIANTS, *, batch: int = 1, prompt_len: int = 8,
             progress(f"counting {variant} ...")
         try:
             with variant_applied(model, variant) as info:
-                counts = measure_decode(model, variant=variant, batch=batch, prompt_len=prompt_len, steps=steps)
+                counts = measure_decode(model, variant=variant, batch=batch, prompt_len=prompt_len, steps=steps,
+                                        path=path)
                 counts.patch = info.get("patch")
                 if variant.startswith("patched"):  # the patch hooks the experts module, not the config
                     counts.experts_implementation = "interns2_fast " + ("triton" if variant == "patched-triton" else "auto")
@@ -473,6 +512,9 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--prompt-len", type=int, default=8)
     parser.add_argument("--steps", type=int, default=2, help="decode steps profiled (after one warm-up step)")
+    parser.add_argument("--path", choices=("model", "static"), default="model",
+                        help="model: model(token, past_key_values=cache) per step (transformers' loop); static: "
+                             "the static decode step that generate() runs after patch() (interns2_fast.decode)")
     parser.add_argument("--json", help="write the counts as JSON here")
     parser.add_argument("--md", help="write the Markdown table here")
     args = parser.parse_args(argv)
@@ -494,11 +536,11 @@ def main(argv=None) -> int:
     model = build_model(args.model, num_layers=args.layers, dtype=dtype, device=device)
     say(f"built in {time.perf_counter() - t0:.0f} s")
     results = run_counts(model, args.variants, batch=args.batch, prompt_len=args.prompt_len, steps=args.steps,
-                         progress=say)
+                         progress=say, path=args.path)
     import transformers
 
     meta = {"model": args.model, "layers": args.layers, "dtype": args.dtype, "device": str(device),
-            "batch": args.batch, "prompt_len": args.prompt_len, "steps": args.steps,
+            "batch": args.batch, "prompt_len": args.prompt_len, "steps": args.steps, "path": args.path,
             "torch": torch.__version__, "transformers": transformers.__version__,
             "triton_interpret": os.environ.get("TRITON_INTERPRET", "0")}
     table = markdown_table(results)
@@ -509,6 +551,7 @@ def main(argv=None) -> int:
     if args.md:
         with open(args.md, "w") as f:
             f.write(f"Decode counts per token ({args.model} {args.layers}-layer stack, {args.dtype}, {device}, "
+                    f"{'static decode step' if args.path == 'static' else 'model forward per step'}, "
                     f"batch {args.batch}, transformers {transformers.__version__}, torch {torch.__version__})\n\n")
             f.write(table + "\n")
             f.write("\nPer decode token; per layer = inside the decoder layers / number of layers. device ops = ATen "

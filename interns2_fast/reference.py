@@ -240,11 +240,13 @@ def _length_mask(cache_lens, max_len, dtype, device):
     return mask.masked_fill(~keep, torch.finfo(dtype).min)[:, None, None, :]
 
 
-def decode_attention(q, k_cache, v_cache, cache_lens, gate=None, *, scale=None, k_new=None, v_new=None):
+def decode_attention(q, k_cache, v_cache, cache_lens, gate=None, *, scale=None, k_new=None, v_new=None, mask=None):
     """One decode token of full attention over a static cache, as the installed attention layer
     computes it: the new k/v written at position len - 1 (when given), the installed
-    `eager_attention_forward` over the first `len` positions (padding masked), then
-    `attn_output * sigmoid(gate)`. q, gate [B, Hq, D]; caches [B, Hkv, Lmax, D]; out [B, Hq, D]."""
+    `eager_attention_forward` over the first `len` positions (padding masked; `mask` [B, Lmax], an
+    additive mask such as the static decode step's prompt-padding mask, added as the layer adds its
+    attention mask), then `attn_output * sigmoid(gate)`. q, gate [B, Hq, D]; caches [B, Hkv, Lmax, D];
+    out [B, Hq, D]."""
     B, Hq, D = q.shape
     Hkv, L = k_cache.shape[1], k_cache.shape[2]
     if k_new is not None:
@@ -252,11 +254,39 @@ def decode_attention(q, k_cache, v_cache, cache_lens, gate=None, *, scale=None, 
         k_cache.scatter_(2, pos, k_new.to(k_cache.dtype)[:, :, None, :])
         v_cache.scatter_(2, pos, v_new.to(v_cache.dtype)[:, :, None, :])
     module = types.SimpleNamespace(num_key_value_groups=Hq // Hkv, training=False)
+    additive = _length_mask(cache_lens, L, q.dtype, q.device)
+    if mask is not None:  # the caller's mask where j < len, the dtype's min after (no min + min = -inf)
+        additive = mask.to(q.dtype)[:, None, None, :].masked_fill(additive != 0, torch.finfo(q.dtype).min)
     attn, _ = fallback_module().eager_attention_forward(
-        module, q[:, :, None, :], k_cache, v_cache, _length_mask(cache_lens, L, q.dtype, q.device),
+        module, q[:, :, None, :], k_cache, v_cache, additive,
         scaling=D**-0.5 if scale is None else scale, dropout=0.0,
     )
     out = attn.reshape(B, 1, Hq * D)  # [B, T=1, Hq * D], as the layer reshapes it
     if gate is not None:
         out = out * torch.sigmoid(gate.reshape(B, 1, Hq * D))
     return out.reshape(B, Hq, D)
+
+
+def attention_prologue(q, k, v, q_weight, k_weight, cos, sin, eps=1e-6, *, k_cache=None, v_cache=None,
+                       cache_lens=None):
+    """The full-attention layer's work between its projections and the attention, for one decode
+    token, from the installed module: `q_norm` / `k_norm` (`Qwen3_5MoeRMSNorm`, (1 + w) scaling) on
+    the first D of each q head (q [B, Hq, W], W >= D: the gated q_proj layout puts the gate in the
+    second D) and on k [B, Hkv, D], then the installed `apply_rotary_pos_emb` with cos / sin [B, R]
+    (partial rotary on the first R dims). With caches: k (rotated) and v written at cache_lens - 1.
+    Returns (q [B, Hq, D], k [B, Hkv, D])."""
+    mod = fallback_module()
+    D = q_weight.shape[0]
+    B = q.shape[0]
+    cls = mod.Qwen3_5MoeRMSNorm
+    qn = cls.forward(_stand_in(cls, weight=q_weight, eps=eps), q[..., :D])
+    kn = cls.forward(_stand_in(cls, weight=k_weight, eps=eps), k)
+    # the layer's layout: [B, H, T=1, D] against cos / sin [B, T=1, R]
+    qr, kr = mod.apply_rotary_pos_emb(qn[:, :, None, :], kn[:, :, None, :], cos[:, None, :], sin[:, None, :])
+    qr, kr = qr[:, :, 0], kr[:, :, 0]
+    if k_cache is not None:
+        Hkv = k_cache.shape[1]
+        pos = (cache_lens.long() - 1).view(B, 1, 1, 1).expand(B, Hkv, 1, D)
+        k_cache.scatter_(2, pos, kr.to(k_cache.dtype)[:, :, None, :])
+        v_cache.scatter_(2, pos, v.to(v_cache.dtype)[:, :, None, :])
+    return qr.contiguous(), kr.contiguous()

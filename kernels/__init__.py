@@ -14,6 +14,7 @@ KERNEL_MODULES = (
     "norm_gated",
     "rms_norm",
     "decode_attention",
+    "attention_prologue",
     "moe_routing",
     "moe_experts",
 )

@@ -112,6 +112,9 @@ class StaticDecodeCache:
         self._conv: list = [None] * n  # plain lists for the step's reads (what torch.compile traces)
         self._rec: list = [None] * n
         self._positions = {position.device: position}
+        #: per device holding K/V: [B] int32, the valid positions including this step's (= position + 1),
+        #: what the patched attention layer (patching/attention.py) passes its ops; advanced by the step
+        self._lens: dict = {}
         for i, s in enumerate(like):
             if s.kind == "attention":
                 B, H, _, D = s.a.shape
@@ -119,6 +122,7 @@ class StaticDecodeCache:
                 self.value_cache[i] = torch.zeros(batch, s.b.shape[1], max_len, s.b.shape[-1], dtype=s.b.dtype,
                                                   device=s.b.device)
                 self._positions.setdefault(s.a.device, torch.zeros_like(position, device=s.a.device))
+                self._lens.setdefault(s.a.device, torch.ones(batch, dtype=torch.int32, device=s.a.device))
             else:
                 self._conv[i] = torch.zeros((batch, *s.a.shape[1:]), dtype=s.a.dtype, device=s.a.device)
                 self._rec[i] = torch.zeros((batch, *s.b.shape[1:]), dtype=s.b.dtype, device=s.b.device)
@@ -143,7 +147,23 @@ class StaticDecodeCache:
         for dev, t in self._positions.items():
             if t is not self.position:
                 out[f"position.{dev}"] = t
+        for dev, t in self._lens.items():
+            out[f"lens.{dev}"] = t
         return out
+
+    def static_attention(self, layer_idx: int):
+        """(keys, values, lens) of a full-attention layer: the static K/V [B, Hkv, max_len, D] and the
+        device-side valid length [B] int32 (this step's position + 1); None for another layer."""
+        keys = self.key_cache[layer_idx] if 0 <= layer_idx < len(self.kinds) else None
+        if keys is None:
+            return None
+        return keys, self.value_cache[layer_idx], self._lens[keys.device]
+
+    def advance(self) -> None:
+        """After a step: the next position (on every device holding K/V too)."""
+        self.position.add_(1)
+        for t in self._lens.values():
+            t.add_(1)
 
     def sync_positions(self) -> None:
         """Mirror the write position onto every other device holding K/V (device_map across devices)."""
@@ -182,6 +202,8 @@ class StaticDecodeCache:
                 self._conv[i].copy_(s.a)
                 self._rec[i].copy_(s.b)
         self.position.fill_(kv_len)
+        for t in self._lens.values():
+            t.fill_(kv_len + 1)
         self.sync_positions()
 
     @torch.no_grad()

@@ -10,8 +10,10 @@ What runs is the model's own code, module by module — the embedding, the rotar
 decoder layer's forward (input norm, token mixer, residuals, MLP / MoE block; patched or not), the
 final norm and the LM head — on a `StaticDecodeCache`:
 
-* full attention: the layer's own attention (its configured implementation, "eager" or "sdpa")
-  over the whole static K/V with the mask. The mask is 0 where transformers' 2-D attention mask
+* full attention: patched (`patching/attention.py`), the q/k norm + rotary + KV write and the gated
+  GQA attention over the cache's first `lens` positions under the mask, two ops; unpatched, the
+  layer's own attention (its configured implementation, "eager" or "sdpa") over the whole static
+  K/V with the mask. The mask is 0 where transformers' 2-D attention mask
   (prompt padding) says attend and at positions written so far, the dtype's minimum elsewhere; the
   step opens the current position before the layers run (`index_fill_` at the device position);
 * linear attention: the patched layer's decode branch (`causal_conv1d_update` on the static conv
@@ -159,6 +161,6 @@ class DecodeStep:
                 collector.reset(token)
         hidden = parts.norm(hidden)
         self.logits.copy_(parts.lm_head(hidden[:, -1, :]))
-        cache.position.add_(1)
+        cache.advance()
         self.position_ids.add_(1)
         return self.logits

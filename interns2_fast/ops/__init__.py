@@ -17,6 +17,7 @@ from .moe import moe_experts_shared, moe_sparse_block
 from .norm_gated import rms_norm_gated
 from .rms_norm import add_rms_norm
 from .decode_attention import decode_attention
+from .attention_prologue import attention_prologue
 
 __all__ = [
     "BACKENDS",
@@ -33,6 +34,7 @@ __all__ = [
     "rms_norm_gated",
     "add_rms_norm",
     "decode_attention",
+    "attention_prologue",
     "moe_route",
     "moe_experts",
     "moe_experts_shared",

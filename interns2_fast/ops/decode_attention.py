@@ -19,8 +19,8 @@ def _fake(q, **_):
 
 
 @define("(Tensor q, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor cache_lens, Tensor? gate, float? scale, "
-        "Tensor? k_new, Tensor? v_new) -> Tensor", fake=_fake)
-def decode_attention(q, k_cache, v_cache, cache_lens, gate=None, *, scale=None, k_new=None, v_new=None):
+        "Tensor? k_new, Tensor? v_new, Tensor? mask) -> Tensor", fake=_fake)
+def decode_attention(q, k_cache, v_cache, cache_lens, gate=None, *, scale=None, k_new=None, v_new=None, mask=None):
     """One decode token of full attention, [B, Hq, D] out.
 
     q [B, Hq, D] (after q-norm and rotary); k_cache, v_cache [B, Hkv, Lmax, D] (a static cache;
@@ -29,7 +29,10 @@ def decode_attention(q, k_cache, v_cache, cache_lens, gate=None, *, scale=None, 
     checked on the host, that would be a sync). k_new, v_new [B, Hkv, D] (both or neither): this
     token's key/value, written into the caches at position len - 1 before attending. gate
     [B, Hq, D]: the output is multiplied by sigmoid(gate) (the Qwen3.5 output gate). scale defaults
-    to D^-1/2. The eager path's roundings (scores, probabilities, output in q's dtype).
+    to D^-1/2. mask [B, Lmax] (q's dtype, optional): an additive mask added to the scaled scores as
+    the eager layer adds its attention mask (0: attend, the dtype's min: padding) — the static decode
+    step's prompt-padding mask; positions >= len are masked whatever it says. The eager path's
+    roundings (scores, probabilities, output in q's dtype).
     """
     op = "decode_attention"
     check_tensor(op, "q", q, ndim=3)
@@ -49,8 +52,10 @@ def decode_attention(q, k_cache, v_cache, cache_lens, gate=None, *, scale=None, 
     if k_new is not None:
         check_tensor(op, "k_new", k_new, shape=(B, Hkv, D))
         check_tensor(op, "v_new", v_new, shape=(B, Hkv, D))
+    if mask is not None:
+        check_tensor(op, "mask", mask, shape=(B, k_cache.shape[2]), dtypes=(q.dtype,))
     check_same_device(op, q=q, k_cache=k_cache, v_cache=v_cache, cache_lens=cache_lens, gate=gate, k_new=k_new,
-                      v_new=v_new)
+                      v_new=v_new, mask=mask)
 
 
 decode_attention.register("reference")(reference.decode_attention)

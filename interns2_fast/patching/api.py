@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .. import ops as _ops
-from . import decoder, discovery
+from . import attention, decoder, discovery
 from .families import FAMILY_EXAMPLES, KINDS
 from .state import FAMILIES, FAMILY_OPS, ModuleState, VerifyRecord, get_state, install, patched_states, uninstall
 
@@ -150,7 +150,9 @@ def patch(model: nn.Module, *, ops: tuple[str, ...] | list[str] = FAMILIES, back
 
     ops: op families to replace — "gdn" (gating + chunked/recurrent gated delta rule), "conv" (causal
     conv1d prefill/update), "norm" (gated RMSNorm), "moe" (router + experts + sparse-MoE block),
-    "rmsnorm" (decoder layers: each residual add fused with the (1 + w) RMSNorm after it; final norm).
+    "rmsnorm" (decoder layers: each residual add fused with the (1 + w) RMSNorm after it; final norm),
+    "attention" (full-attention layers: q/k norm + rotary + KV write and the gated GQA attention as two ops
+    on a static-cache decode step; everything else runs the layer's own forward).
     backend: "auto" (per op, the first backend whose capability predicate holds for this module's
     shapes and device: Triton on an NPU/GPU, the PyTorch path on the CPU), or one of
     `interns2_fast.ops.BACKENDS` ("triton", "torch", "reference" = the transformers fallback
@@ -240,6 +242,13 @@ def patch(model: nn.Module, *, ops: tuple[str, ...] | list[str] = FAMILIES, back
         patched += [PatchedModule(p, "rmsnorm", name, type(m).__name__, notes.get(id(m), ""))
                     for p, m, _, name in done]
         skipped += [SkippedModule(p, "rmsnorm", why, type(m).__name__) for p, m, why in skip]
+
+    if "attention" in ops_set:  # full-attention layers: the static decode step in two launches (patching/attention.py)
+        done, skip = attention.install_attention(
+            install, model, verify, lambda op, m, example: _choose(op, backend, _device_of(m), example))
+        states += [st for _, _, st, _, _ in done]
+        patched += [PatchedModule(p, "attention", runs, type(m).__name__, note) for p, m, _, runs, note in done]
+        skipped += [SkippedModule(p, "attention", why, type(m).__name__) for p, m, why in skip]
 
     # a repeated call describes the whole patch: modules patched before but not matched now go back
     keep = {id(s) for s in states}

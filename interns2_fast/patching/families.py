@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import gdn, moe_block, projections
+from . import attention, gdn, moe_block, projections
 from .state import FAMILY_OPS
 
 
@@ -120,6 +120,7 @@ FAMILY_EXAMPLES: dict[str, Callable[[nn.Module], dict[str, dict]]] = {
     "norm": _norm_examples,
     "moe": _moe_examples,
     "rmsnorm": _rmsnorm_examples,  # installed per decoder stack by patching/decoder.py
+    "attention": attention.examples,  # installed per full-attention layer by patching/attention.py
 }
 assert set(FAMILY_EXAMPLES) == set(FAMILY_OPS)
 

@@ -44,6 +44,7 @@ FAMILY_OPS = {
     "moe": ("moe_route", "moe_experts",
             "moe_experts_shared", "moe_sparse_block"),
     "rmsnorm": ("add_rms_norm",),
+    "attention": ("attention_prologue", "decode_attention"),
 }
 FAMILIES = tuple(FAMILY_OPS)
 

@@ -135,3 +135,45 @@ def test_bad_inputs(backend):
         ops.decode_attention(q, k_cache, v_cache.double(), lens, backend=backend)
     with pytest.raises(ValueError, match="decode_attention.*gate"):
         ops.decode_attention(q, k_cache, v_cache, lens, gate[:, :2], backend=backend)
+
+
+def loop_attention_masked(q, k_cache, v_cache, lens, gate, scale, keep):
+    """float64 loop over the positions j < len with keep[b, j] (the padding mask's attended set)."""
+    B, Hq, D = q.shape
+    G = Hq // k_cache.shape[1]
+    out = torch.zeros(B, Hq, D, dtype=torch.float64)
+    for b in range(B):
+        idx = [j for j in range(int(lens[b])) if keep[b, j]]
+        for i in range(Hq):
+            k = k_cache[b, i // G, idx].double()
+            v = v_cache[b, i // G, idx].double()
+            s = (k @ q[b, i].double()) * scale
+            p = torch.exp(s - s.max())
+            o = (p / p.sum()) @ v
+            out[b, i] = o * torch.sigmoid(gate[b, i].double())
+    return out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_padding_mask(backend, dtype):
+    """The static decode step's additive mask (left padding: the first positions of shorter prompts are
+    the dtype's min; whole 32-position blocks of them, too) with lengths: equal to the installed eager
+    attention under the same mask and to a loop over the attended positions."""
+    B, Hq, Hkv, L, D = 3, 6, 2, 70, 48
+    q, gate, k_cache, v_cache, _, _ = make(B, Hq, Hkv, L, D, dtype)
+    lens = torch.tensor([45, 45, 45], dtype=torch.int32)
+    keep = torch.ones(B, L, dtype=torch.bool)
+    keep[1, :3] = False
+    keep[2, :40] = False  # more than one whole block of padding before the first attended position
+    keep[0, 44] = True
+    mask = torch.zeros(B, L, dtype=dtype).masked_fill(~keep, torch.finfo(dtype).min)
+    out = ops.decode_attention(q, k_cache, v_cache, lens, gate, mask=mask, backend=backend)
+    ref = ops.decode_attention(q, k_cache, v_cache, lens, gate, mask=mask, backend="reference")
+    tolerance.assert_close(out, ref, *TOL_REF[dtype], "vs eager")
+    tolerance.assert_close(out, loop_attention_masked(q, k_cache, v_cache, lens, gate, D**-0.5, keep),
+                           *TOL_LOOP[dtype], "vs loop")
+    unmasked = ops.decode_attention(q, k_cache, v_cache, lens, gate, backend="reference")
+    assert not torch.allclose(unmasked[2], ref[2]), "the mask must change what padding-heavy rows attend to"
+    with pytest.raises(ValueError, match="decode_attention.*mask"):
+        ops.decode_attention(q, k_cache, v_cache, lens, gate, mask=mask[:, :5], backend=backend)

@@ -32,7 +32,8 @@ def test_forward_matches_reference(model_factory, ph, family, dtype):
         anchor = model_factory(family, torch.float32)(ids).logits if dtype != torch.float32 else None
     n_lin = len(ph.linear_layer_ids(model))
     # rmsnorm: every decoder layer and the final norm
-    want = {"gdn": n_lin, "conv": n_lin, "norm": n_lin, "rmsnorm": model.config.num_hidden_layers + 1}
+    want = {"gdn": n_lin, "conv": n_lin, "norm": n_lin, "rmsnorm": model.config.num_hidden_layers + 1,
+            "attention": model.config.num_hidden_layers - n_lin}
     if family != "qwen3_5":  # router + block per MoE layer
         want["moe"] = 2 * model.config.num_hidden_layers
     assert report.counts() == want, report.summary()
@@ -191,7 +192,7 @@ def test_ops_subset_and_report_content(model_factory):
     md = report.to_markdown()
     assert "| `model.layers.0.mlp` | moe | reference |" in md and "skipped 0" in md
     with pytest.raises(ValueError, match="unknown op families"):
-        patch(model, ops=("attention",))
+        patch(model, ops=("flash_attention",))
 
 
 def test_skipped_candidates_are_reported_with_reason():
