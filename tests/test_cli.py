@@ -23,7 +23,7 @@ def test_demo(capsys):
     rc = cli.main(["demo", "--max-new-tokens", "6", "--reps", "1"])
     out = capsys.readouterr().out
     assert rc == 0, out
-    for text in ("patched 22 module slot(s)", "next-token top-10", "IDENTICAL", "time per op", "per op family",
+    for text in ("patched 23 module slot(s)", "next-token top-10", "IDENTICAL", "time per op", "per op family",
                  "end to end", "tokens/s", "backend"):
         assert text in out, text
 

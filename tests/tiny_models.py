@@ -11,8 +11,15 @@ _MODELS: dict = {}
 def tiny_model(family: str = "qwen3_5_moe", dtype=torch.float32):
     """A cached tiny model of `family` (unpatched on every hand-out)."""
     key = (family, dtype)
-    if key not in _MODELS:
-        _MODELS[key] = models.build_causal_lm(family, dtype=dtype)
-    model = _MODELS[key]
-    unpatch(model)
+    model = _MODELS.get(key)
+    if model is not None:
+        unpatch(model)
+    if model is None or _has_hooks(model):
+        # a call that recorded hidden states / router logits leaves transformers' capture hooks on the
+        # modules for good (they change which path the patched MoE block takes): hand out a fresh one
+        model = _MODELS[key] = models.build_causal_lm(family, dtype=dtype)
     return model
+
+
+def _has_hooks(model) -> bool:
+    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())

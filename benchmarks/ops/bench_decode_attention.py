@@ -48,3 +48,28 @@ def test_decode_attention(benchmark, backend, B, Lmax, n):
         synchronize(DEVICE)
         out = benchmark(call)
     assert out.shape == q.shape and torch.isfinite(out.float()).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("B", [1, 8])
+def test_attention_prologue(benchmark, backend, B):
+    """q/k RMSNorm + partial rotary (64 of 256) + the K/V write of one decode token (Lmax = 4096)."""
+    skip_unavailable(backend, DEVICE)
+    label(benchmark, op="attention_prologue", shape=f"B={B} Hq={HQ} Hkv={HKV} D={D} R=64 Lmax=4096",
+          backend=backend, device=DEVICE, dtype=DTYPE)
+    q = torch.randn(B, HQ, 2 * D, device=DEVICE).to(DTYPE)  # the gated q_proj layout [q | gate] per head
+    k = torch.randn(B, HKV, D, device=DEVICE).to(DTYPE)
+    v = torch.randn(B, HKV, D, device=DEVICE).to(DTYPE)
+    wq, wk = (0.1 * torch.randn(D, device=DEVICE)).to(DTYPE), (0.1 * torch.randn(D, device=DEVICE)).to(DTYPE)
+    angle = torch.rand(B, 64, device=DEVICE)
+    cos, sin = angle.cos().to(DTYPE), angle.sin().to(DTYPE)
+    k_cache = torch.zeros(B, HKV, 4096, D, device=DEVICE, dtype=DTYPE)
+    v_cache = torch.zeros_like(k_cache)
+    lens = torch.full((B,), 1024, dtype=torch.int32, device=DEVICE)
+    call = lambda: ops.attention_prologue(q, k, v, wq, wk, cos, sin, 1e-6, k_cache=k_cache,  # noqa: E731
+                                          v_cache=v_cache, cache_lens=lens, backend=backend)
+    with torch.no_grad():
+        call()
+        synchronize(DEVICE)
+        q_out, k_out = benchmark(call)
+    assert q_out.shape == (B, HQ, D) and k_out.shape == (B, HKV, D) and torch.isfinite(q_out.float()).all()

@@ -68,7 +68,12 @@ def _example(name: str) -> dict:
         "add_rms_norm": dict(x=torch.randn(3, 2, 16), residual=torch.randn(3, 2, 16), weight=torch.randn(16), eps=1e-6),
         "decode_attention": dict(q=torch.randn(2, 4, 8), k_cache=torch.randn(2, 2, 6, 8), v_cache=torch.randn(2, 2, 6, 8),
                                  cache_lens=torch.tensor([3, 6], dtype=torch.int32), gate=torch.randn(2, 4, 8),
-                                 scale=None, k_new=torch.randn(2, 2, 8), v_new=torch.randn(2, 2, 8)),
+                                 scale=None, k_new=torch.randn(2, 2, 8), v_new=torch.randn(2, 2, 8),
+                                 mask=torch.zeros(2, 6)),
+        "attention_prologue": dict(q=torch.randn(2, 4, 16), k=torch.randn(2, 2, 8), v=torch.randn(2, 2, 8),
+                                   q_weight=torch.randn(8), k_weight=torch.randn(8), cos=torch.randn(2, 4),
+                                   sin=torch.randn(2, 4), eps=1e-6, k_cache=torch.randn(2, 2, 6, 8),
+                                   v_cache=torch.randn(2, 2, 6, 8), cache_lens=torch.tensor([3, 6], dtype=torch.int32)),
     }[name]
 
 
