@@ -18,15 +18,9 @@ def linear_layer_ids(model):
 
 def linear_states(cache, layer_ids):
     """[(conv_state, recurrent_state)] of the linear-attention layers, whatever the cache protocol."""
-    out = []
-    for i in layer_ids:
-        if hasattr(cache, "get_conv_state"):
-            out.append((cache.get_conv_state(i), cache.get_recurrent_state(i)))
-        elif callable(getattr(cache, "has_previous_state", None)):  # transformers 5.13-5.15
-            out.append((cache.layers[i].conv_states[0], cache.layers[i].recurrent_states[0]))
-        else:
-            out.append((cache.conv_states[i], cache.recurrent_states[i]))
-    return out
+    from interns2_fast.patching.caches import linear_states as read
+
+    return [read(cache, i)[:2] for i in layer_ids]
 
 
 def rms_ratio(out, ref):
