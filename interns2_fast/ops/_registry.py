@@ -26,7 +26,12 @@ Calling an op:
      reference backend directly — the installed transformers fallback, differentiable — so no
      gradient is ever missing or wrong (an op may give `grad_path`: how it calls its reference then);
   4. otherwise `torch.ops.interns2_fast.<name>` runs: one node for torch.compile / fake tensors /
-     the meta device, its mutation declared in the schema.
+     the meta device, its mutation declared in the schema. In plain eager mode (nothing compiling
+     or tracing: no dispatch mode, no functorch transform, only plain tensors) the chosen backend
+     is called directly instead: the same function the op's kernel calls, without the dispatcher's
+     round trip and the copies that keep a custom op's results from aliasing its inputs — on an
+     eager NPU that host time is per op and per token (BRIEF §9). Results are the same tensors'
+     values either way (tests/ops/test_registry.py compares both routes bit for bit).
 
 Custom ops may not return their inputs, so a backend result that *is* a mutated input (an
 in-place state) is dropped inside the op (`strip`) and handed back by the Python side (`finish`).
@@ -118,6 +123,12 @@ class Op:
         self.__module__ = validator.__module__
         self.validator = validator
         self.signature = inspect.signature(validator)
+        params = self.signature.parameters.values()
+        #: for `bind`'s fast path: how many may come by position, which by keyword
+        self._n_positional = sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+        self._keywords = frozenset(p.name for p in params if p.kind is not p.POSITIONAL_ONLY)
+        self._defaults = {n: p.default for n, p in self.signature.parameters.items()
+                          if p.default is not inspect.Parameter.empty}
         args_text, self.returns = schema.rsplit("->", 1)
         args_text = args_text.strip()
         assert args_text[0] == "(" and args_text[-1] == ")", schema
@@ -219,7 +230,18 @@ class Op:
     # --- calling ----------------------------------------------------------------------------------
     def bind(self, args: tuple, kwargs: dict) -> dict:
         """{argument name: value} of a call, defaults applied (the order of the schema)."""
-        bound = self.signature.bind(*args, **kwargs)
+        names = self.arg_names
+        if len(args) <= self._n_positional and self._keywords.issuperset(kwargs):
+            # the common call, bound without inspect (microseconds per op call on the eager host path)
+            values = dict(zip(names, args))
+            if not kwargs and len(args) == len(names):
+                return values
+            if values.keys().isdisjoint(kwargs):
+                values.update(kwargs)
+                defaults = self._defaults
+                if all(n in values or n in defaults for n in names):
+                    return {n: values[n] if n in values else defaults[n] for n in names}
+        bound = self.signature.bind(*args, **kwargs)  # anything else, with Python's own TypeError
         bound.apply_defaults()
         return dict(bound.arguments)
 
@@ -230,11 +252,6 @@ class Op:
                 return t.device
         return torch.device("cpu")
 
-    def needs_grad(self, values: dict) -> bool:
-        if not torch.is_grad_enabled():
-            return False
-        return any(isinstance(values[n], torch.Tensor) and values[n].requires_grad for n in self.tensor_args)
-
     def call(self, values: dict, backend: str = "auto"):
         """Validate, choose the backend, apply the autograd policy, run."""
         self.validator(**values)
@@ -244,13 +261,25 @@ class Op:
             result = self._empty(**values)
             if result is not None:
                 return result
-        device = self.device_of(values)
-        if self.needs_grad(values):
+        # one pass over the tensor arguments: the device, whether any requires grad, whether all are plain
+        device, grad, plain = None, False, True
+        grad_mode = torch.is_grad_enabled()
+        for n in self.tensor_args:
+            t = values[n]
+            if isinstance(t, torch.Tensor):
+                if device is None:
+                    device = t.device
+                grad = grad or (grad_mode and t.requires_grad)
+                plain = plain and type(t) in _PLAIN_TENSORS
+        device = device if device is not None else _CPU
+        if grad:
             _log_once("%s: an input requires grad; running the differentiable reference path", self.name)
             if self._grad_path is not None:
                 return self._grad_path(self.backends["reference"].impl, values)
             return self._run_backend("reference", values, finish=True)
         name = self.select(backend, device, values)
+        if plain and _eager_mode(device):
+            return self._run_backend(name, values, finish=True)
         out = self._from_sentinels(self.custom_op(*values.values(), name))
         return self._finish(values, out) if self._finish is not None else out
 
@@ -295,6 +324,22 @@ def _op_by_name(name: str) -> Op:
     import interns2_fast.ops  # noqa: F401  (defines every op)
 
     return OPS[name]
+
+
+def _eager_mode(device: torch.device) -> bool:
+    """True when calling a backend directly (on plain tensors) is what the custom op would do: not
+    compiling, no TorchDispatchMode (fake tensors, functionalization, make_fx tracing), no functorch
+    transform (vmap, grad), and not the meta device where older torch runs the fake kernel."""
+    if torch.compiler.is_compiling():  # first: Dynamo folds it, and cannot trace the two C queries below
+        return False
+    return not (_len_dispatch_stack() or _peek_functorch() is not None
+                or (device.type == "meta" and not META_RUNS_BACKENDS))
+
+
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)  # subclasses (FakeTensor, DTensor, ...) take the dispatcher
+_CPU = torch.device("cpu")
+_len_dispatch_stack = torch._C._len_torch_dispatch_stack
+_peek_functorch = torch._C._functorch.peek_interpreter_stack
 
 
 def _no_input_aliases(out, inputs: list):

@@ -30,7 +30,7 @@ def check_tensor(
     if dtypes is not None and t.dtype not in dtypes:
         names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
         raise TypeError(f"{op}: {name} must have dtype in ({names}), got {str(t.dtype).replace('torch.', '')}")
-    if shape is not None:
+    if shape is not None and t.shape != shape:  # shape: the common case of no free dimension is one compare
         if len(shape) != t.dim() or any(s is not None and s != d for s, d in zip(shape, t.shape)):
             want = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
             raise ValueError(f"{op}: {name} must have shape {want}, got {list(t.shape)}")
@@ -38,8 +38,16 @@ def check_tensor(
 
 def check_same_device(op: str, **tensors: torch.Tensor | None) -> torch.device:
     """All given tensors (None skipped) on one device; returns it."""
+    first = None
+    for t in tensors.values():  # the common case without building anything
+        if t is not None:
+            if first is None:
+                first = t.device
+            elif t.device != first:
+                break
+    else:
+        return first
     devices = {name: t.device for name, t in tensors.items() if t is not None}
-    first = next(iter(devices.values()))
     if any(d != first for d in devices.values()):
         listing = ", ".join(f"{n} on {d}" for n, d in devices.items())
         raise ValueError(f"{op}: all tensors must be on one device, got {listing}")

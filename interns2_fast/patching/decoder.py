@@ -185,11 +185,23 @@ def decoder_extra(layer: nn.Module, chain: NormChain, next_norm: nn.Module | Non
     mixer = _Mixer(name, frozenset(msig.parameters) if msig is not None else frozenset(), _has_var_kw(msig))
     sig = _forward_sig(layer)
     names = [p.name for p in sig.parameters.values() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
-    return {"sig": sig, "self_name": names[0], "mixer": mixer, "chain": chain,
+    return {"sig": sig, "self_name": names[0], "params": frozenset(names[1:]), "var_kw": _has_var_kw(sig),
+            "mixer": mixer, "chain": chain,
             "next_norm": next_norm}  # a plain reference: deepcopy / pickle map it to the copy's module
 
 
 def _split(state: ModuleState, args, kwargs):
+    """(hidden_states, the named parameters passed, the **kwargs passed, the cache) of a layer call."""
+    params = state.extra["params"]
+    if len(args) <= 1 and (not args or "hidden_states" not in kwargs):
+        # how transformers calls a layer (hidden_states first, the rest by keyword): sorted without
+        # inspect's binding, which costs microseconds per layer and token
+        named = {"hidden_states": args[0]} if args else {}
+        extra = {}
+        for k, v in kwargs.items():
+            (named if k in params else extra)[k] = v
+        if "hidden_states" in named and (state.extra["var_kw"] or not extra):
+            return _take_cache(named, extra)
     sig = state.extra["sig"]
     bound = sig.bind(None, *args, **kwargs)
     named = dict(bound.arguments)
@@ -198,6 +210,10 @@ def _split(state: ModuleState, args, kwargs):
     for p in sig.parameters.values():
         if p.kind is p.VAR_KEYWORD:
             extra = dict(named.pop(p.name, {}))
+    return _take_cache(named, extra)
+
+
+def _take_cache(named: dict, extra: dict):
     hidden_states = named.pop("hidden_states")
     cache = None
     for n in CACHE_NAMES:

@@ -54,6 +54,9 @@ class FusedProjections:
     has_bias: bool
     layout: str = "qwen3_5"
     ok: bool = True  # what the last eager check found (used while compiling)
+    #: the weights' (and biases') identity, address and layout when they were last found to be views of one
+    #: buffer: the same key again means the same views (a new check costs microseconds per call)
+    checked: tuple | None = dataclasses.field(default=None, compare=False)
 
 
 def _linears(module: nn.Module, names) -> list[nn.Module] | str:
@@ -136,6 +139,11 @@ def _views_of_one_buffer(mods, info: FusedProjections) -> bool:
     return ok and len({m.weight.shape[1] for m in mods}) == 1
 
 
+def _layout_key(mods, info: FusedProjections) -> tuple:
+    ts = [m.weight for m in mods] + ([m.bias for m in mods] if info.has_bias else [])
+    return tuple((id(t), t.data_ptr(), t.storage_offset(), t.shape, t.stride(), t.dtype, t.device) for t in ts)
+
+
 def fused_linear(module: nn.Module, info: FusedProjections | None, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """(out_0, out_1, ...) = each projection applied to x: one GEMM on the buffer when the weights are
     still views of it (the outputs are then column slices of one result), else one GEMM each."""
@@ -143,7 +151,10 @@ def fused_linear(module: nn.Module, info: FusedProjections | None, x: torch.Tens
     if mods is None or (torch.is_grad_enabled() and any(m.weight.requires_grad for m in mods)):
         return tuple(m(x) for m in mods) if mods is not None else None
     if not torch.compiler.is_compiling():
-        info.ok = _views_of_one_buffer(mods, info)
+        key = _layout_key(mods, info)
+        if key != info.checked:
+            info.ok = _views_of_one_buffer(mods, info)
+            info.checked = key if info.ok else None
         if not info.ok and not torch.is_inference_mode_enabled() \
                 and isinstance(fuse(module, info.layout).get("projections"), FusedProjections):
             info.ok = _views_of_one_buffer(mods, info)  # fused again (a deepcopy, model.to(...))

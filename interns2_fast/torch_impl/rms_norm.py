@@ -14,6 +14,7 @@ import weakref
 
 import torch
 
+_HAS_RMS_NORM = hasattr(torch, "rms_norm")  # torch >= 2.4
 _ONE_PLUS_W: dict[int, tuple] = {}  # id(weight) -> (weakref(weight), version, device, (1 + w) fp32)
 
 
@@ -42,6 +43,11 @@ def add_rms_norm(x, residual, weight, eps=1e-6):
     fused kernel.
     """
     s = x if residual is None else residual + x
+    if s.dtype == torch.float32 and _HAS_RMS_NORM:
+        # fp32: torch.rms_norm with (1 + w) as its weight is the same arithmetic (mean of squares,
+        # + eps, rsqrt, two products in fp32; bit-identical, tests/ops/test_rms_norm.py), run as one
+        # ATen call: on the CPU its composite runs in C++, not op by op from Python
+        return torch.rms_norm(s, (s.shape[-1],), _one_plus_w(weight), eps), s
     sf = s.to(torch.float32)
     rstd = sf.pow(2).mean(-1, keepdim=True).add_(eps).rsqrt_()
     n = sf * rstd

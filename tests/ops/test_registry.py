@@ -149,6 +149,58 @@ def test_fake_kernel_matches_real_shapes(name):
     assert [(t.shape, t.dtype) for t in flat_r] == [(t.shape, t.dtype) for t in flat_f]
 
 
+def _flat(out):
+    return [t for t in (out if isinstance(out, tuple) else (out,)) if isinstance(t, torch.Tensor)]
+
+
+@pytest.mark.parametrize("name", ALL_OPS)
+@pytest.mark.parametrize("backend", ["torch", "triton", "reference"])
+def test_eager_direct_call_equals_the_dispatched_custom_op(name, backend):
+    """In plain eager mode an op calls its backend directly; through torch.ops (what compile, fake tensors
+    and dispatch modes see) the same backend gives the same values and the same in-place updates."""
+    op = ops.OPS[name]
+    if backend not in op.registered():
+        pytest.skip(MISSING_BACKENDS.get((name, backend), "not registered"))
+    if backend == "triton" and not op.check("triton", torch.device("cpu"), _example(name))[0]:
+        pytest.skip("triton cannot run here (no interpreter)")
+    torch.manual_seed(0)
+    direct_args = _example(name)
+    dispatched_args = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in direct_args.items()}
+    with torch.profiler.profile() as prof:
+        direct = op(**direct_args, backend=backend)
+    assert not [e for e in prof.events() if e.name.startswith(f"{NAMESPACE}::")], "eager call went through the dispatcher"
+    values = op.bind((), dispatched_args)
+    out = op._from_sentinels(op.custom_op(*values.values(), backend))
+    dispatched = op._finish(values, out) if op._finish is not None else out
+    assert len(_flat(direct)) == len(_flat(dispatched))
+    for a, b in zip(_flat(direct), _flat(dispatched)):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    for n in op.mutates:
+        if isinstance(direct_args[n], torch.Tensor):
+            assert torch.equal(direct_args[n], dispatched_args[n]), n
+
+
+@pytest.mark.parametrize("name", ALL_OPS)
+def test_bind_equals_pythons_binding(name):
+    """The op's own argument binding (its fast path) gives what inspect's binding gives, or raises TypeError
+    where Python would: too many positional arguments, unknown or repeated keywords, missing arguments."""
+    op = ops.OPS[name]
+    params = list(op.signature.parameters)
+    for n_pos in range(len(params) + 2):
+        args = tuple(f"a{i}" for i in range(n_pos))
+        for names in ((), (params[0],), (params[-1],), ("no_such_argument",), tuple(params[n_pos:])):
+            kwargs = {k: k for k in names}
+            try:
+                bound = op.signature.bind(*args, **kwargs)
+                bound.apply_defaults()
+                want = list(bound.arguments.items())
+            except TypeError:
+                with pytest.raises(TypeError):
+                    op.bind(args, kwargs)
+                continue
+            assert list(op.bind(args, kwargs).items()) == want  # order too: it is the custom op's argument order
+
+
 def test_inplace_state_is_the_callers_tensor():
     args = _example("fused_recurrent_gated_delta_rule")
     state = args["initial_state"]

@@ -62,6 +62,17 @@ def bf16_ulp(t):
     return 2.0 ** (torch.floor(torch.log2(t.double().abs().clamp_min(1e-30))) - 7)
 
 
+@pytest.mark.parametrize("with_residual", [True, False], ids=["add", "no-residual"])
+@pytest.mark.parametrize("shape", [(1, 1, 2048), (2, 3, 100), (5, 37)])
+def test_torch_path_fp32_is_bit_identical_to_the_module(shape, with_residual):
+    """fp32 runs as one torch.rms_norm with (1 + w) as its weight: the module's arithmetic exactly."""
+    x, residual, weight = make(shape, torch.float32)
+    residual = residual if with_residual else None
+    out, _ = ops.add_rms_norm(x, residual, weight, 1e-6, backend="torch")
+    ref, _ = ops.add_rms_norm(x, residual, weight, 1e-6, backend="reference")
+    assert torch.equal(out, ref)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("with_residual", [True, False], ids=["add", "no-residual"])
 @pytest.mark.parametrize("N", [2048, 256, 100])
