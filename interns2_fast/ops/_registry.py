@@ -115,7 +115,8 @@ class Op:
     """One op: schema, mutated arguments, fake kernel, backends with capability predicates."""
 
     def __init__(self, validator: Callable, schema: str, *, fake: Callable, strip: Callable | None,
-                 finish: Callable | None, grad_path: Callable | None = None, empty: Callable | None = None):
+                 finish: Callable | None, grad_path: Callable | None = None, empty: Callable | None = None,
+                 reads_values: tuple[str, ...] = ()):
         self.name = validator.__name__
         self.__doc__ = validator.__doc__
         self.__name__ = self.name
@@ -143,6 +144,10 @@ class Op:
         #: `int` arguments: any integral number the validator accepts reaches the backends as a Python int
         self.int_args = tuple(m["name"] for m in parsed if m["type"] == "int")
         self.backends: dict[str, Backend] = {}
+        #: arguments whose values (not only shape, strides, dtype and device) the validator reads
+        self.reads_values = tuple(reads_values)
+        assert set(self.reads_values) <= set(self.tensor_args), f"{self.name}: reads_values must name tensor arguments"
+        self._validated: set = set()  # metadata keys of eager calls the validator accepted
         self._strip, self._finish, self._grad_path, self._empty = strip, finish, grad_path, empty
         # Optional results (`Tensor?`) are declared `Tensor` and carried as an empty uint8 sentinel:
         # functionalization (torch.compile) rejects optional results of ops that mutate.
@@ -254,7 +259,7 @@ class Op:
 
     def call(self, values: dict, backend: str = "auto"):
         """Validate, choose the backend, apply the autograd policy, run."""
-        self.validator(**values)
+        self.validate(values)
         for name in self.int_args:  # numpy integers and 0-d tensors, after the validator rejected bools
             values[name] = operator.index(values[name])
         if self._empty is not None:  # empty inputs: one result for every backend (ops/_empty.py)
@@ -282,6 +287,37 @@ class Op:
             return self._run_backend(name, values, finish=True)
         out = self._from_sentinels(self.custom_op(*values.values(), name))
         return self._finish(values, out) if self._finish is not None else out
+
+    def validate(self, values: dict) -> None:
+        """Run the validator, once per call signature: in eager mode a call whose arguments have the shapes,
+        strides, dtypes, devices and (other arguments) values of one the validator accepted before is
+        accepted again without running it (a decode step repeats the same signature every token, and the
+        checks cost tens of microseconds of host time per op). Arguments in `reads_values` are checked
+        from their values, so a call with any of them given is always validated."""
+        key = self._metadata_key(values)
+        if key is not None and key in self._validated:
+            return
+        self.validator(**values)
+        if key is not None:
+            if len(self._validated) >= 1024:
+                self._validated.clear()
+            self._validated.add(key)
+
+    def _metadata_key(self, values: dict):
+        if torch.compiler.is_compiling() or _len_dispatch_stack() or _peek_functorch() is not None:
+            return None
+        for n in self.reads_values:
+            if values[n] is not None:
+                return None
+        key = []
+        for v in values.values():
+            if type(v) in _PLAIN_TENSORS:
+                key.append((v.shape, v.stride(), v.dtype, v.device))
+            elif v is None or type(v) in _SCALARS:
+                key.append((type(v), v))
+            else:  # a tensor subclass or another type: let the validator judge it
+                return None
+        return tuple(key)
 
     def _to_sentinels(self, out, device):
         if not self._optional:
@@ -338,6 +374,7 @@ def _eager_mode(device: torch.device) -> bool:
 
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)  # subclasses (FakeTensor, DTensor, ...) take the dispatcher
 _CPU = torch.device("cpu")
+_SCALARS = (bool, int, float, str)
 _len_dispatch_stack = torch._C._len_torch_dispatch_stack
 _peek_functorch = torch._C._functorch.peek_interpreter_stack
 
@@ -362,13 +399,16 @@ def _no_input_aliases(out, inputs: list):
 
 
 def define(schema: str, *, fake: Callable, strip: Callable | None = None, finish: Callable | None = None,
-           grad_path: Callable | None = None, empty: Callable | None = None) -> Callable[[Callable], Op]:
+           grad_path: Callable | None = None, empty: Callable | None = None,
+           reads_values: tuple[str, ...] = ()) -> Callable[[Callable], Op]:
     """Decorator turning a validator into an `Op` (see the module docstring). `grad_path(reference,
     args)`, when given, is how a grad-requiring call runs the reference (e.g. without an in-place
     update that autograd would reject). `empty(**args)`, when given, returns the result for empty
-    inputs (None otherwise), so that every backend agrees on them."""
+    inputs (None otherwise), so that every backend agrees on them. `reads_values` names the tensor
+    arguments whose values the validator reads (see `Op.validate`; tests/ops/test_registry.py checks
+    that every other tensor argument's values leave the validator's verdict unchanged)."""
     return lambda validator: Op(validator, schema, fake=fake, strip=strip, finish=finish, grad_path=grad_path,
-                                empty=empty)
+                                empty=empty, reads_values=reads_values)
 
 
 def registered(op: str) -> tuple[str, ...]:

@@ -96,7 +96,8 @@ def _gdn_empty(q, v, initial_state, cu_seqlens, output_final_state, inplace_fina
 
 @define(f"({_GDN_ARGS}) -> (Tensor, Tensor?)",
         fake=lambda q, v, initial_state, cu_seqlens, output_final_state, **_:
-        _gdn_fake(q, v, initial_state, cu_seqlens, output_final_state), empty=_gdn_empty)
+        _gdn_fake(q, v, initial_state, cu_seqlens, output_final_state), empty=_gdn_empty,
+        reads_values=("cu_seqlens",))
 def chunk_gated_delta_rule(q, k, v, g, beta, *, scale=None, initial_state=None, output_final_state=False,
                            use_qk_l2norm_in_kernel=False, cu_seqlens=None):
     """Chunked (prefill) gated delta rule.
@@ -162,7 +163,7 @@ def _recurrent_fake(q, v, initial_state, cu_seqlens, output_final_state, inplace
 @define(f"({_GDN_ARGS.replace('Tensor? initial_state', 'Tensor(a!)? initial_state')}, "
         "bool inplace_final_state) -> (Tensor, Tensor?)",
         fake=_recurrent_fake, strip=_drop_inplace_state, finish=_return_inplace_state,
-        grad_path=_grad_without_inplace, empty=_gdn_empty)
+        grad_path=_grad_without_inplace, empty=_gdn_empty, reads_values=("cu_seqlens",))
 def fused_recurrent_gated_delta_rule(q, k, v, g, beta, *, scale=None, initial_state=None, output_final_state=False,
                                      use_qk_l2norm_in_kernel=False, cu_seqlens=None, inplace_final_state=False):
     """Token-by-token (decode) gated delta rule; same arguments as `chunk_gated_delta_rule`.
@@ -234,7 +235,7 @@ def _gating_triton(**kw):
         "Tensor(a!)? initial_state, bool output_final_state, bool use_qk_l2norm_in_kernel, "
         "bool inplace_final_state, Tensor? cu_seqlens) -> (Tensor, Tensor?)",
         fake=_recurrent_fake, strip=_drop_inplace_state, finish=_return_inplace_state,
-        grad_path=_grad_without_inplace, empty=_gdn_empty)
+        grad_path=_grad_without_inplace, empty=_gdn_empty, reads_values=("cu_seqlens",))
 def fused_recurrent_gated_delta_rule_with_gating(q, k, v, a, b, A_log, dt_bias, *, scale=None, initial_state=None,
                                                  output_final_state=False, use_qk_l2norm_in_kernel=False,
                                                  inplace_final_state=False, cu_seqlens=None):

@@ -93,7 +93,7 @@ def _align_fake(topk_ids, num_experts, block_size):
 
 
 @define("(Tensor topk_ids, int num_experts, int block_size) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)",
-        fake=_align_fake, finish=lambda args, out: RoutingPlan(*out))
+        fake=_align_fake, finish=lambda args, out: RoutingPlan(*out), reads_values=("topk_ids",))
 def moe_align(topk_ids, num_experts, block_size):
     """The routing plan of `topk_ids` [T, k] (int64 or int32, values in [0, num_experts)) for
     grouped GEMMs with row blocks of `block_size` (a Python int; the Triton backend needs a power
@@ -129,7 +129,7 @@ def _align_triton(**kw):
 @define("(Tensor hidden, Tensor topk_ids, Tensor topk_weights, Tensor gate_up_proj, Tensor down_proj, "
         "Tensor? shared_expert_output, Tensor? shared_expert_gate) -> Tensor",
         fake=lambda hidden, **_: torch.empty_like(hidden, memory_format=torch.contiguous_format),
-        empty=lambda hidden, **_: _empty.like(hidden) if hidden.shape[0] == 0 else None)
+        empty=lambda hidden, **_: _empty.like(hidden) if hidden.shape[0] == 0 else None, reads_values=("topk_ids",))
 def moe_experts(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, *, shared_expert_output=None,
                 shared_expert_gate=None):
     """out[t] = sum_j w[t, j] * down[e] @ (silu(gate) * up), gate|up = gate_up_proj[e] @ hidden[t],
@@ -239,7 +239,7 @@ def _check_block_weights(op, hidden, gate_up_proj, down_proj, shared_gate_proj, 
 @define("(Tensor hidden, Tensor topk_ids, Tensor topk_weights, Tensor gate_up_proj, Tensor down_proj, "
         "Tensor shared_gate_proj, Tensor shared_up_proj, Tensor shared_down_proj, Tensor shared_gate) -> Tensor",
         fake=lambda hidden, **_: torch.empty_like(hidden, memory_format=torch.contiguous_format),
-        empty=lambda hidden, **_: _empty.like(hidden) if hidden.shape[0] == 0 else None)
+        empty=lambda hidden, **_: _empty.like(hidden) if hidden.shape[0] == 0 else None, reads_values=("topk_ids",))
 def moe_experts_shared(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, shared_gate_proj, shared_up_proj,
                        shared_down_proj, shared_gate):
     """The sparse-MoE block after its router: the routed SwiGLU experts plus the sigmoid-gated shared

@@ -136,8 +136,8 @@ def _gdn_forward(self, state, protocol, hidden_states, cache, cache_position, at
         initial_state = None
 
     mixed_qkv = mixed_qkv.transpose(1, 2)
-    query, key, value = torch.split(mixed_qkv, [self.head_k_dim * self.num_k_heads] * 2
-                                    + [self.head_v_dim * self.num_v_heads], dim=-1)
+    query, key, value = mixed_qkv.split_with_sizes([self.head_k_dim * self.num_k_heads] * 2
+                                                   + [self.head_v_dim * self.num_v_heads], dim=-1)
     query = query.reshape(B, T, -1, self.head_k_dim)
     key = key.reshape(B, T, -1, self.head_k_dim)
     value = value.reshape(B, T, -1, self.head_v_dim)

@@ -164,7 +164,7 @@ def fused_linear(module: nn.Module, info: FusedProjections | None, x: torch.Tens
     N, H = sum(info.sizes), w0.shape[1]
     weight = w0.as_strided((N, H), (H, 1))
     bias = mods[0].bias.as_strided((N,), (1,)) if info.has_bias else None
-    return torch.split(F.linear(x, weight, bias), info.sizes, dim=-1)
+    return F.linear(x, weight, bias).split_with_sizes(info.sizes, dim=-1)
 
 
 def unfuse(module: nn.Module) -> None:

@@ -180,6 +180,50 @@ def test_eager_direct_call_equals_the_dispatched_custom_op(name, backend):
             assert torch.equal(direct_args[n], dispatched_args[n]), n
 
 
+def _garbage_like(t: torch.Tensor) -> torch.Tensor:
+    """Same shape, strides, dtype and device; values no validator could accept if it read them."""
+    out = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
+    out.fill_(float("nan") if t.is_floating_point() else (False if t.dtype == torch.bool else -7))
+    return out
+
+
+@pytest.mark.parametrize("name", ALL_OPS)
+def test_validator_reads_only_metadata_outside_reads_values(name):
+    """Validation is remembered per call signature (shapes, strides, dtypes, devices, scalar values), so a
+    validator may read values only of the arguments it declares in `reads_values`: with every other tensor
+    argument's values replaced by NaN / -7, it still accepts the example call."""
+    op = ops.OPS[name]
+    args = {k: (_garbage_like(v) if isinstance(v, torch.Tensor) and k not in op.reads_values else v)
+            for k, v in _example(name).items()}
+    op.validator(**op.bind((), args))
+
+
+def test_validation_is_remembered_per_signature_and_never_for_rejected_calls(monkeypatch):
+    op = ops.OPS["add_rms_norm"]
+    calls = []
+    validator = op.validator
+    monkeypatch.setattr(op, "validator", lambda **kw: (calls.append(1), validator(**kw))[1])
+    monkeypatch.setattr(op, "_validated", set())
+    x, r, w = torch.randn(2, 8), torch.randn(2, 8), torch.randn(8)
+    op(x, r, w, 1e-6, backend="torch")
+    op(torch.randn(2, 8), torch.randn(2, 8), torch.randn(8), 1e-6, backend="torch")
+    assert len(calls) == 1  # same signature: validated once
+    op(x, r, w, 1e-5, backend="torch")  # another eps
+    op(x[:, :4], r[:, :4], w[:4], 1e-6, backend="torch")  # other shapes
+    op(x.t().contiguous().t(), r, w, 1e-6, backend="torch")  # other strides
+    assert len(calls) == 4
+    with pytest.raises(TypeError, match="add_rms_norm: x must have dtype"):
+        op(x.long(), r, w, 1e-6, backend="torch")
+    with pytest.raises(TypeError, match="add_rms_norm: x must have dtype"):
+        op(x.long(), r, w, 1e-6, backend="torch")  # a rejected call is checked again every time
+    with pytest.raises(ValueError, match="eps must be a non-negative number"):
+        op(x, r, w, -1.0, backend="torch")
+    ids = ops.OPS["moe_align"]
+    with pytest.raises(ValueError, match="topk_ids must lie in"):
+        ids(torch.tensor([[0, 1]]), 4, 4)
+        ids(torch.tensor([[0, 9]]), 4, 4)  # same signature, a value out of range: reads_values keeps the check
+
+
 @pytest.mark.parametrize("name", ALL_OPS)
 def test_bind_equals_pythons_binding(name):
     """The op's own argument binding (its fast path) gives what inspect's binding gives, or raises TypeError
