@@ -236,12 +236,12 @@ class Op:
     def bind(self, args: tuple, kwargs: dict) -> dict:
         """{argument name: value} of a call, defaults applied (the order of the schema)."""
         names = self.arg_names
-        if len(args) <= self._n_positional and self._keywords.issuperset(kwargs):
+        if len(args) <= self._n_positional and all(k in self._keywords for k in kwargs):
             # the common call, bound without inspect (microseconds per op call on the eager host path)
             values = dict(zip(names, args))
             if not kwargs and len(args) == len(names):
                 return values
-            if values.keys().isdisjoint(kwargs):
+            if not any(k in values for k in kwargs):  # (plain loops: Dynamo traces them)
                 values.update(kwargs)
                 defaults = self._defaults
                 if all(n in values or n in defaults for n in names):
