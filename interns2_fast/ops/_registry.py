@@ -18,7 +18,8 @@ widths, dtypes, ...). Whether a backend can run on a device at all (`BACKEND_DEV
 checked before the op's own predicate.
 
 Calling an op:
-  1. the validator runs (clear errors naming the op);
+  1. the validator runs (clear errors naming the op); in eager mode once per call signature
+     (`Op.validate`: an op names in `reads_values` the arguments whose values it checks);
   2. the backend is chosen: `"auto"` takes the first backend of `device.auto_backends(device)`
      whose checks hold, else the torch path, else the reference, logging each reason once; an
      explicit backend that cannot take the input raises before any launch;
