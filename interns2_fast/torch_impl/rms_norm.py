@@ -4,33 +4,19 @@
     out = (rmsnorm_fp32(s) * (1 + w_fp32)).to(s.dtype)
 
 the same roundings as the decoder layer followed by `Qwen3_5MoeRMSNorm.forward`, as one
-`torch.rms_norm` call with the fp32 (1 + w) as its weight. (1 + w) is kept per weight tensor and
-recomputed when the weight changes (its version counter) or is gone: per call that is two ops
-fewer than forming it again (on an NPU every op is a launch).
+`torch.rms_norm` call with the fp32 (1 + w) as its weight. (1 + w) is kept per weight tensor
+(`_derived.derived`: recomputed when the weight changes): per call that is two ops fewer than
+forming it again (on an NPU every op is a launch).
 """
 from __future__ import annotations
 
-import weakref
-
 import torch
 
-_HAS_RMS_NORM = hasattr(torch, "rms_norm")  # torch >= 2.4
-_ONE_PLUS_W: dict[int, tuple] = {}  # id(weight) -> (weakref(weight), version, device, (1 + w) fp32)
+from ._derived import derived
 
 
 def _one_plus_w(weight: torch.Tensor) -> torch.Tensor:
-    if weight.requires_grad and torch.is_grad_enabled():
-        return weight.to(torch.float32) + 1.0
-    key = id(weight)
-    hit = _ONE_PLUS_W.get(key)
-    if hit is not None and hit[0]() is weight and hit[1] == weight._version and hit[2] == weight.device:
-        return hit[3]
-    w1 = weight.detach().to(torch.float32) + 1.0
-    if len(_ONE_PLUS_W) > 4096:  # weights of models long gone
-        for k in [k for k, v in _ONE_PLUS_W.items() if v[0]() is None]:
-            del _ONE_PLUS_W[k]
-    _ONE_PLUS_W[key] = (weakref.ref(weight), weight._version, weight.device, w1)
-    return w1
+    return weight.to(torch.float32) + 1.0
 
 
 def add_rms_norm(x, residual, weight, eps=1e-6):
@@ -43,15 +29,15 @@ def add_rms_norm(x, residual, weight, eps=1e-6):
     fused kernel.
     """
     s = x if residual is None else residual + x
-    if s.dtype == torch.float32 and _HAS_RMS_NORM:
+    if s.dtype == torch.float32:
         # fp32: torch.rms_norm with (1 + w) as its weight is the same arithmetic (mean of squares,
         # + eps, rsqrt, two products in fp32; bit-identical, tests/ops/test_rms_norm.py), run as one
         # ATen call: on the CPU its composite runs in C++, not op by op from Python
-        return torch.rms_norm(s, (s.shape[-1],), _one_plus_w(weight), eps), s
+        return torch.rms_norm(s, (s.shape[-1],), derived(weight, _one_plus_w), eps), s
     sf = s.to(torch.float32)
     rstd = sf.pow(2).mean(-1, keepdim=True).add_(eps).rsqrt_()
     n = sf * rstd
-    w1 = _one_plus_w(weight)
+    w1 = derived(weight, _one_plus_w)
     grad = torch.is_grad_enabled() and (n.requires_grad or w1.requires_grad)
     if s.dtype != torch.float32 and not grad:  # out= takes no autograd
         return torch.mul(n, w1, out=torch.empty_like(s, memory_format=torch.contiguous_format)), s

@@ -136,3 +136,17 @@ def test_bad_inputs(args, error, match):
 def test_head_major_needs_3d():
     with pytest.raises(ValueError, match="gdn_gating: head_major"):
         ops.gdn_gating(torch.randn(4), torch.randn(5, 4), torch.randn(4), torch.randn(5, 4), head_major=True)
+
+
+def test_torch_path_follows_A_log_updates():
+    """The torch path keeps -exp(A_log) per parameter: in-place changes and `param.data = ...` are seen."""
+    A_log, a, dt_bias, b = inputs((2, 3, 4), torch.float32)
+    A_log = torch.nn.Parameter(A_log)
+    with torch.no_grad():
+        ops.gdn_gating(A_log, a, dt_bias, b, backend="torch")
+        A_log.add_(0.5)
+        g1, _ = ops.gdn_gating(A_log, a, dt_bias, b, backend="torch")
+        assert torch.equal(g1, ops.gdn_gating(A_log, a, dt_bias, b, backend="reference")[0])
+        A_log.data = A_log.data * -1.0
+        g2, _ = ops.gdn_gating(A_log, a, dt_bias, b, backend="torch")
+        assert torch.equal(g2, ops.gdn_gating(A_log, a, dt_bias, b, backend="reference")[0])

@@ -186,3 +186,16 @@ def test_torch_path_follows_weight_updates():
     assert_close(second, ref, TOL_REF[torch.float32])
     other = weight.clone()  # a new tensor with the same values: same result
     assert_close(ops.add_rms_norm(x, residual, other, backend="torch")[0], ref, TOL_REF[torch.float32])
+
+
+def test_torch_path_follows_a_replaced_weight_storage():
+    """`param.data = ...` (as module conversions do) keeps the object and its version counter: the kept
+    (1 + w) must still be recomputed."""
+    x, residual, _ = make((2, 64), torch.float32)
+    weight = torch.nn.Parameter(torch.zeros(64))
+    with torch.no_grad():
+        ops.add_rms_norm(x, residual, weight, backend="torch")
+        weight.data = torch.full((64,), 0.5)
+        got, _ = ops.add_rms_norm(x, residual, weight, backend="torch")
+        ref, _ = ops.add_rms_norm(x, residual, weight, backend="reference")
+    assert torch.equal(got, ref)
