@@ -260,7 +260,8 @@ class Op:
 
     def call(self, values: dict, backend: str = "auto"):
         """Validate, choose the backend, apply the autograd policy, run."""
-        self.validate(values)
+        tracing = _tracing()
+        self.validate(values, remember=not tracing)
         for name in self.int_args:  # numpy integers and 0-d tensors, after the validator rejected bools
             values[name] = operator.index(values[name])
         if self._empty is not None:  # empty inputs: one result for every backend (ops/_empty.py)
@@ -284,18 +285,19 @@ class Op:
                 return self._grad_path(self.backends["reference"].impl, values)
             return self._run_backend("reference", values, finish=True)
         name = self.select(backend, device, values)
-        if plain and _eager_mode(device):
+        if plain and not tracing and (device.type != "meta" or META_RUNS_BACKENDS):
             return self._run_backend(name, values, finish=True)
         out = self._from_sentinels(self.custom_op(*values.values(), name))
         return self._finish(values, out) if self._finish is not None else out
 
-    def validate(self, values: dict) -> None:
+    def validate(self, values: dict, *, remember: bool = False) -> None:
         """Run the validator, once per call signature: in eager mode a call whose arguments have the shapes,
         strides, dtypes, devices and (other arguments) values of one the validator accepted before is
         accepted again without running it (a decode step repeats the same signature every token, and the
         checks cost tens of microseconds of host time per op). Arguments in `reads_values` are checked
-        from their values, so a call with any of them given is always validated."""
-        key = self._metadata_key(values)
+        from their values, so a call with any of them given is always validated. Without `remember` (the
+        default; `call` passes it when nothing traces) the validator simply runs."""
+        key = self._metadata_key(values) if remember else None
         if key is not None and key in self._validated:
             return
         self.validator(**values)
@@ -305,8 +307,6 @@ class Op:
             self._validated.add(key)
 
     def _metadata_key(self, values: dict):
-        if torch.compiler.is_compiling() or _len_dispatch_stack() or _peek_functorch() is not None:
-            return None
         for n in self.reads_values:
             if values[n] is not None:
                 return None
@@ -363,14 +363,14 @@ def _op_by_name(name: str) -> Op:
     return OPS[name]
 
 
-def _eager_mode(device: torch.device) -> bool:
-    """True when calling a backend directly (on plain tensors) is what the custom op would do: not
-    compiling, no TorchDispatchMode (fake tensors, functionalization, make_fx tracing), no functorch
-    transform (vmap, grad), and not the meta device where older torch runs the fake kernel."""
+def _tracing() -> bool:
+    """Is anything compiling or tracing, so that calls must go through the custom op: Dynamo, a
+    TorchDispatchMode (fake tensors, functionalization, make_fx), a functorch transform (vmap, grad)?
+    Otherwise a call on plain tensors runs its backend directly (except on the meta device where
+    older torch runs the fake kernel, `META_RUNS_BACKENDS`)."""
     if torch.compiler.is_compiling():  # first: Dynamo folds it, and cannot trace the two C queries below
-        return False
-    return not (_len_dispatch_stack() or _peek_functorch() is not None
-                or (device.type == "meta" and not META_RUNS_BACKENDS))
+        return True
+    return bool(_len_dispatch_stack()) or _peek_functorch() is not None
 
 
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)  # subclasses (FakeTensor, DTensor, ...) take the dispatcher
