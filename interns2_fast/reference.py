@@ -240,6 +240,14 @@ def _length_mask(cache_lens, max_len, dtype, device):
     return mask.masked_fill(~keep, torch.finfo(dtype).min)[:, None, None, :]
 
 
+def _write_at_len(k_cache, v_cache, cache_lens, k, v) -> None:
+    """k, v [B, Hkv, D] into the static caches [B, Hkv, Lmax, D] at position cache_lens - 1."""
+    B, Hkv, _, D = k_cache.shape
+    pos = (cache_lens.long() - 1).view(B, 1, 1, 1).expand(B, Hkv, 1, D)
+    k_cache.scatter_(2, pos, k.to(k_cache.dtype)[:, :, None, :])
+    v_cache.scatter_(2, pos, v.to(v_cache.dtype)[:, :, None, :])
+
+
 def decode_attention(q, k_cache, v_cache, cache_lens, gate=None, *, scale=None, k_new=None, v_new=None, mask=None):
     """One decode token of full attention over a static cache, as the installed attention layer
     computes it: the new k/v written at position len - 1 (when given), the installed
@@ -250,9 +258,7 @@ def decode_attention(q, k_cache, v_cache, cache_lens, gate=None, *, scale=None, 
     B, Hq, D = q.shape
     Hkv, L = k_cache.shape[1], k_cache.shape[2]
     if k_new is not None:
-        pos = (cache_lens.long() - 1).view(B, 1, 1, 1).expand(B, Hkv, 1, D)
-        k_cache.scatter_(2, pos, k_new.to(k_cache.dtype)[:, :, None, :])
-        v_cache.scatter_(2, pos, v_new.to(v_cache.dtype)[:, :, None, :])
+        _write_at_len(k_cache, v_cache, cache_lens, k_new, v_new)
     module = types.SimpleNamespace(num_key_value_groups=Hq // Hkv, training=False)
     additive = _length_mask(cache_lens, L, q.dtype, q.device)
     if mask is not None:  # the caller's mask where j < len, the dtype's min after (no min + min = -inf)
@@ -277,7 +283,6 @@ def attention_prologue(q, k, v, q_weight, k_weight, cos, sin, eps=1e-6, *, k_cac
     Returns (q [B, Hq, D], k [B, Hkv, D])."""
     mod = fallback_module()
     D = q_weight.shape[0]
-    B = q.shape[0]
     cls = mod.Qwen3_5MoeRMSNorm
     qn = cls.forward(_stand_in(cls, weight=q_weight, eps=eps), q[..., :D])
     kn = cls.forward(_stand_in(cls, weight=k_weight, eps=eps), k)
@@ -285,8 +290,5 @@ def attention_prologue(q, k, v, q_weight, k_weight, cos, sin, eps=1e-6, *, k_cac
     qr, kr = mod.apply_rotary_pos_emb(qn[:, :, None, :], kn[:, :, None, :], cos[:, None, :], sin[:, None, :])
     qr, kr = qr[:, :, 0], kr[:, :, 0]
     if k_cache is not None:
-        Hkv = k_cache.shape[1]
-        pos = (cache_lens.long() - 1).view(B, 1, 1, 1).expand(B, Hkv, 1, D)
-        k_cache.scatter_(2, pos, kr.to(k_cache.dtype)[:, :, None, :])
-        v_cache.scatter_(2, pos, v.to(v_cache.dtype)[:, :, None, :])
+        _write_at_len(k_cache, v_cache, cache_lens, kr, v)
     return qr.contiguous(), kr.contiguous()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from .decode_attention import write_at_len
+
 
 def _norm(x, w, eps):
     xf = x.float()
@@ -33,8 +35,5 @@ def attention_prologue(q, k, v, q_weight, k_weight, cos, sin, eps=1e-6, *, k_cac
     qo = _rope_(_norm(q[..., :D], q_weight, eps), cos, sin)
     ko = _rope_(_norm(k, k_weight, eps), cos, sin)
     if k_cache is not None:
-        B, Hkv = k.shape[:2]
-        pos = (cache_lens.to(torch.long) - 1).view(B, 1, 1, 1).expand(B, Hkv, 1, D)
-        k_cache.scatter_(2, pos, ko.to(k_cache.dtype).view(B, Hkv, 1, D))
-        v_cache.scatter_(2, pos, v.to(v_cache.dtype).reshape(B, Hkv, 1, D))
+        write_at_len(k_cache, v_cache, cache_lens, ko, v)
     return qo, ko

@@ -14,6 +14,14 @@ from __future__ import annotations
 import torch
 
 
+def write_at_len(k_cache, v_cache, cache_lens, k, v) -> None:
+    """k, v [B, Hkv, D] into the static caches [B, Hkv, Lmax, D] at position cache_lens - 1 (in place)."""
+    B, Hkv, _, D = k_cache.shape
+    pos = (cache_lens.to(torch.long) - 1).view(B, 1, 1, 1).expand(B, Hkv, 1, D)
+    k_cache.scatter_(2, pos, k.to(k_cache.dtype).reshape(B, Hkv, 1, D))
+    v_cache.scatter_(2, pos, v.to(v_cache.dtype).reshape(B, Hkv, 1, D))
+
+
 def decode_attention(q, k_cache, v_cache, cache_lens, gate=None, *, scale=None, k_new=None, v_new=None, mask=None):
     """See `interns2_fast.ops.decode_attention`."""
     B, Hq, D = q.shape
@@ -21,9 +29,7 @@ def decode_attention(q, k_cache, v_cache, cache_lens, gate=None, *, scale=None, 
     G = Hq // Hkv
     lens = cache_lens.to(torch.long)
     if k_new is not None:
-        pos = (lens - 1).view(B, 1, 1, 1).expand(B, Hkv, 1, D)
-        k_cache.scatter_(2, pos, k_new.to(k_cache.dtype).view(B, Hkv, 1, D))
-        v_cache.scatter_(2, pos, v_new.to(v_cache.dtype).view(B, Hkv, 1, D))
+        write_at_len(k_cache, v_cache, lens, k_new, v_new)
     scale = D**-0.5 if scale is None else scale
     qg = q.view(B, Hkv, G, D)
     scores = torch.matmul(qg, k_cache.transpose(2, 3)).mul_(scale)  # [B, Hkv, G, L], in q's dtype
