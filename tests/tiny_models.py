@@ -1,5 +1,8 @@
 """Tiny models of every family, built once per test process and handed out unpatched (shared by the
 patching and decode tests; imported by name, like tolerance.py)."""
+import io
+import pickle
+
 import torch
 
 from interns2_fast import models
@@ -23,3 +26,13 @@ def tiny_model(family: str = "qwen3_5_moe", dtype=torch.float32):
 
 def _has_hooks(model) -> bool:
     return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def round_trip(model, how: str):
+    """`model` through pickle or torch.save / torch.load (`how`: "pickle" or "torch.save")."""
+    if how == "pickle":
+        return pickle.loads(pickle.dumps(model))
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=False)

@@ -9,8 +9,6 @@ with their own weights; and the cases that must keep separate GEMMs (meta weight
 weights separated after patching) do so with the right result.
 """
 import copy
-import io
-import pickle
 
 import pytest
 import torch
@@ -20,6 +18,7 @@ import interns2_fast
 from interns2_fast import models
 from interns2_fast.patching import projections
 from interns2_fast.patching.state import patched_states
+from tiny_models import round_trip  # noqa: E402  (tests/tiny_models.py)
 
 FAMILIES = models.FAMILIES
 
@@ -157,13 +156,7 @@ def test_deepcopy_copy_owns_its_buffer(model_factory):
 def test_pickled_copy_computes_with_its_weights(how):
     model = models.build_causal_lm("qwen3_next")
     interns2_fast.patch(model)
-    if how == "pickle":
-        back = pickle.loads(pickle.dumps(model))
-    else:
-        buf = io.BytesIO()
-        torch.save(model, buf)
-        buf.seek(0)
-        back = torch.load(buf, weights_only=False)
+    back = round_trip(model, how)
     ids = _ids(model)
     with torch.no_grad():
         torch.testing.assert_close(back(ids).logits, model(ids).logits, atol=1e-5, rtol=1e-5)

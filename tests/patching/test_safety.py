@@ -6,8 +6,6 @@ the installed reference ops, so only the patched glue — unrepeated q/k heads, 
 separates them); logits max-abs 1e-4.
 """
 import copy
-import io
-import pickle
 
 import pytest
 import torch
@@ -16,6 +14,7 @@ import interns2_fast
 from interns2_fast import device, models
 from interns2_fast.ops import _registry
 from interns2_fast.patching.state import patched_states
+from tiny_models import round_trip  # noqa: E402  (tests/tiny_models.py)
 
 FAMILIES = models.FAMILIES
 GRAD_TOL = dict(rtol=1e-4, atol=1e-5)
@@ -102,13 +101,7 @@ def test_pickle_and_torch_save_round_trip(how):
     # output_router_logits call) are local functions that no model can be pickled with
     model = models.build_causal_lm("qwen3_5_moe")
     interns2_fast.patch(model)
-    if how == "pickle":
-        back = pickle.loads(pickle.dumps(model))
-    else:
-        buf = io.BytesIO()
-        torch.save(model, buf)
-        buf.seek(0)
-        back = torch.load(buf, weights_only=False)
+    back = round_trip(model, how)
     ids = _ids(model, B=1)
     assert interns2_fast.is_patched(back)
     with torch.no_grad():
