@@ -36,6 +36,15 @@ def check_tensor(
             raise ValueError(f"{op}: {name} must have shape {want}, got {list(t.shape)}")
 
 
+def check_static_cache(op: str, k_cache, v_cache, cache_lens, *, B: int, D: int, Hkv: int | None = None,
+                       dtypes: Sequence[torch.dtype] = FLOAT_DTYPES) -> None:
+    """k_cache and v_cache [B, Hkv, Lmax, D] of one shape (Hkv free when None), cache_lens [B] int32/int64:
+    a static KV cache with per-sequence lengths, as the full-attention decode ops take it."""
+    check_tensor(op, "k_cache", k_cache, shape=(B, Hkv, None, D), dtypes=dtypes)
+    check_tensor(op, "v_cache", v_cache, shape=tuple(k_cache.shape), dtypes=dtypes)
+    check_tensor(op, "cache_lens", cache_lens, shape=(B,), dtypes=(torch.int32, torch.int64))
+
+
 def check_same_device(op: str, **tensors: torch.Tensor | None) -> torch.device:
     """All given tensors (None skipped) on one device; returns it."""
     first = None

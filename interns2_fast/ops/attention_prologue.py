@@ -11,7 +11,7 @@ import torch
 from .. import reference
 from ..torch_impl import attention_prologue as torch_attention_prologue
 from ._registry import define
-from ._validate import check_same_device, check_tensor
+from ._validate import check_same_device, check_static_cache, check_tensor
 
 
 def _fake(q, k, q_weight, **_):
@@ -57,11 +57,7 @@ def attention_prologue(q, k, v, q_weight, k_weight, cos, sin, eps=1e-6, *, k_cac
     if any(given) and not all(given):
         raise ValueError(f"{op}: give k_cache, v_cache and cache_lens together or none of them")
     if k_cache is not None:
-        check_tensor(op, "k_cache", k_cache, ndim=4)
-        if k_cache.shape[0] != B or k_cache.shape[1] != Hkv or k_cache.shape[3] != D:
-            raise ValueError(f"{op}: k_cache must have shape [{B}, {Hkv}, Lmax, {D}], got {list(k_cache.shape)}")
-        check_tensor(op, "v_cache", v_cache, shape=tuple(k_cache.shape))
-        check_tensor(op, "cache_lens", cache_lens, shape=(B,), dtypes=(torch.int32, torch.int64))
+        check_static_cache(op, k_cache, v_cache, cache_lens, B=B, D=D, Hkv=Hkv)
     check_same_device(op, q=q, k=k, v=v, q_weight=q_weight, k_weight=k_weight, cos=cos, sin=sin, k_cache=k_cache,
                       v_cache=v_cache, cache_lens=cache_lens)
 

@@ -11,7 +11,7 @@ import torch
 from .. import reference
 from ..torch_impl import decode_attention as torch_decode_attention
 from ._registry import define
-from ._validate import check_same_device, check_tensor
+from ._validate import check_same_device, check_static_cache, check_tensor
 
 
 def _fake(q, **_):
@@ -37,14 +37,10 @@ def decode_attention(q, k_cache, v_cache, cache_lens, gate=None, *, scale=None, 
     op = "decode_attention"
     check_tensor(op, "q", q, ndim=3)
     B, Hq, D = q.shape
-    check_tensor(op, "k_cache", k_cache, ndim=4, dtypes=(q.dtype,))
+    check_static_cache(op, k_cache, v_cache, cache_lens, B=B, D=D, dtypes=(q.dtype,))
     Hkv = k_cache.shape[1]
-    if k_cache.shape[0] != B or k_cache.shape[3] != D:
-        raise ValueError(f"{op}: k_cache must have shape [{B}, Hkv, Lmax, {D}], got {list(k_cache.shape)}")
     if Hkv == 0 or Hq % Hkv:
         raise ValueError(f"{op}: q heads ({Hq}) must be a multiple of the cache's kv heads ({Hkv})")
-    check_tensor(op, "v_cache", v_cache, shape=tuple(k_cache.shape), dtypes=(q.dtype,))
-    check_tensor(op, "cache_lens", cache_lens, shape=(B,), dtypes=(torch.int32, torch.int64))
     if gate is not None:
         check_tensor(op, "gate", gate, shape=(B, Hq, D), dtypes=(q.dtype,))
     if (k_new is None) != (v_new is None):
