@@ -6,7 +6,6 @@ caches are mutated (this token's rotated key and its value written at cache_lens
 """
 from __future__ import annotations
 
-
 from .. import reference
 from ..torch_impl import attention_prologue as torch_attention_prologue
 from ._registry import define
