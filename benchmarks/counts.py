@@ -323,8 +323,9 @@ def static_decode_step(model, prompt, out, steps: int):
     import torch
 
     from interns2_fast.bench import output_cache
-    from interns2_fast.decode.static_cache import StaticDecodeCache, read_cache_states
-    from interns2_fast.decode.step import DecodeStep, find_parts
+    from interns2_fast.decode.generate import build_step
+    from interns2_fast.decode.static_cache import read_cache_states
+    from interns2_fast.decode.step import find_parts
     from interns2_fast.patching.caches import cache_protocol
 
     parts = find_parts(model)
@@ -333,12 +334,8 @@ def static_decode_step(model, prompt, out, steps: int):
     cache = output_cache(out)
     states = read_cache_states(cache, parts.kinds)
     B, T = prompt.shape
-    device, dtype = parts.embed.weight.device, parts.embed.weight.dtype
-    sc = StaticDecodeCache(states, B, -(-(T + steps + 2) // 64) * 64, torch.zeros(1, dtype=torch.long, device=device),
-                           cache_protocol(cache))
-    vocab = getattr(parts.lm_head, "out_features", None) or parts.lm_head.weight.shape[0]
-    step = DecodeStep(parts, sc, vocab_size=vocab, dtype=dtype, device=device)
-    step.load(states, T, None, torch.full((B, 1), T, dtype=torch.long, device=device))
+    step = build_step(parts, states, B, T + steps + 2, cache_protocol(cache))
+    step.load(states, T, None, torch.full((B, 1), T, dtype=torch.long, device=parts.embed.weight.device))
     return step, _next_token(out.logits)
 
 

@@ -220,6 +220,17 @@ def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
+def build_step(parts: ModelParts, states, batch: int, need: int, protocol: str = "legacy",
+               position_shape: tuple[int, ...] | None = None) -> DecodeStep:
+    """A decode step on a new static cache shaped like `states` for `batch` sequences of up to `need`
+    positions (rounded up to LENGTH_BUCKET); load it with `step.load` before running it."""
+    device, dtype = parts.embed.weight.device, parts.embed.weight.dtype
+    max_len = _round_up(need + 1, LENGTH_BUCKET)
+    cache = StaticDecodeCache(states, batch, max_len, torch.zeros(1, dtype=torch.long, device=device), protocol)
+    vocab = getattr(parts.lm_head, "out_features", None) or parts.lm_head.weight.shape[0]
+    return DecodeStep(parts, cache, vocab_size=vocab, dtype=dtype, device=device, position_shape=position_shape)
+
+
 def runtime_for(model, settings: DecodeSettings, parts: ModelParts, states, batch: int, need: int,
                 position_shape: tuple[int, ...], protocol: str = "legacy") -> Runtime:
     """The static cache + step + runner for this batch size (reused while it fits; one kept per model)."""
@@ -231,10 +242,7 @@ def runtime_for(model, settings: DecodeSettings, parts: ModelParts, states, batc
     if rt is not None and rt.step.cache.fits(states, batch, need) and rt.step.cache.max_len <= max(2 * need, need + 256):
         return rt
     settings.runtimes.clear()  # free the previous buffers (and graph) before allocating new ones
-    max_len = _round_up(need + 1, LENGTH_BUCKET)
-    cache = StaticDecodeCache(states, batch, max_len, torch.zeros(1, dtype=torch.long, device=device), protocol)
-    vocab = getattr(parts.lm_head, "out_features", None) or parts.lm_head.weight.shape[0]
-    step = DecodeStep(parts, cache, vocab_size=vocab, dtype=dtype, device=device, position_shape=position_shape)
+    step = build_step(parts, states, batch, need, protocol, position_shape)
     runner = make_runner(step, kind, device)
     rt = Runtime(key, step, runner)
     settings.runtimes[key] = rt
