@@ -505,9 +505,8 @@ def cmd_demo(args) -> int:
             c.add_row(label, f"{row['aten_ops_per_token']:.1f}", f"{row['host_syncs_per_token']:.1f}",
                       f"{row['graph_replays_per_token']:.1f}")
         console.print(c)
-        console.print("on the CPU the torch MoE path reads its group sizes from host memory (counted as "
-                      "aten::bincount, no device to wait for); on an accelerator the static step is replayed as "
-                      "one device graph (tests/decode prove the step sync-free on the meta device)")
+        console.print("on an accelerator the static step is replayed as one device graph (tests/decode prove the "
+                      "step sync-free on the meta device)")
     console.print(f"speed-up end to end: static decode {t_ref / t_pat:.2f}x, transformers' loop "
                   f"{t_ref / t_loop:.2f}x (vs reference) · demo took {time.perf_counter() - t_start:.1f} s")
     if not same:
