@@ -36,3 +36,38 @@ class LoweringConfig:
     kernel: Any
     signature: dict[str, str]
     constants: dict[str, Any] = field(default_factory=dict)
+
+
+def _hand_over_to_hugging_face() -> None:
+    """Give `import kernels` Hugging Face's package when this folder was found as a top-level module.
+
+    Python puts the current directory (or a script's folder) first on `sys.path`, so from a clone's
+    root `import kernels` — which transformers does with every Qwen3.5 model from 5.25 on — finds this
+    folder before site-packages. This module then loads the `kernels` found on the rest of `sys.path`
+    in its place (an import returns what `sys.modules` holds once the module has run), or raises the
+    ModuleNotFoundError Python would have raised without this folder. What the rest of this file
+    defined stays in a module object nobody sees.
+    """
+    import importlib.machinery
+    import importlib.util
+    import os
+    import sys
+
+    this_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = [p for p in sys.path if isinstance(p, str) and os.path.abspath(p or os.curdir) != this_root]
+    spec = importlib.machinery.PathFinder.find_spec("kernels", path)
+    del sys.modules["kernels"]
+    if spec is None or spec.loader is None:
+        raise ModuleNotFoundError("No module named 'kernels' (the kernels/ folder here holds interns2_fast's Triton "
+                                  "kernels, importable only as interns2_fast.kernels)", name="kernels")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["kernels"] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop("kernels", None)
+        raise
+
+
+if __name__ == "kernels":
+    _hand_over_to_hugging_face()

@@ -1,5 +1,7 @@
 """Packaging: kernels/ is importable only as interns2_fast.kernels, never as a top-level `kernels`."""
+import importlib.util
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -14,13 +16,45 @@ def test_kernels_is_a_subpackage_and_no_top_level_kernels(tmp_path):
         "import importlib.util, interns2_fast, interns2_fast.kernels, pathlib\n"
         "spec = importlib.util.find_spec('kernels')\n"
         "root = pathlib.Path(interns2_fast.__file__).resolve().parents[1]\n"
-        "assert spec is None or root not in pathlib.Path(spec.origin or '/').resolve().parents, spec\n"
+        "assert spec is None or pathlib.Path(spec.origin or '/').resolve().parent != root / 'kernels', spec\n"
         "print(interns2_fast.kernels.__name__)\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "interns2_fast.kernels"
+
+
+def test_repository_root_import_of_kernels_is_hugging_faces_package():
+    """From the clone's root (the current directory first on sys.path) `import kernels` is Hugging Face's
+    package — transformers 5.25 imports it with every Qwen3.5 model — or, where that is not installed,
+    the ModuleNotFoundError Python gives without this folder; never interns2_fast's kernels/."""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    hf = importlib.util.find_spec("kernels")  # pytest's importlib mode keeps the root off sys.path here
+    code = (
+        "import importlib.util, pathlib, sys\n"
+        "assert sys.path[0] == '', sys.path[:2]\n"
+        "try:\n"
+        "    import kernels\n"
+        "except ModuleNotFoundError as exc:\n"
+        "    print('missing', exc.name)\n"
+        "else:\n"
+        "    print('found', pathlib.Path(kernels.__file__).resolve())\n"
+        "import transformers.models.qwen3_5_moe.modeling_qwen3_5_moe\n"
+        "import transformers.models.qwen3_next.modeling_qwen3_next\n"
+        "import interns2_fast.kernels\n"
+        "print('ours', interns2_fast.kernels.__name__, len(interns2_fast.kernels.KERNEL_MODULES))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    first, ours = proc.stdout.strip().splitlines()
+    if hf is None:
+        assert first == "missing kernels"
+    else:
+        assert first == f"found {pathlib.Path(hf.origin).resolve()}"
+        assert pathlib.Path(hf.origin).resolve().parent != root / "kernels"
+    assert ours.startswith("ours interns2_fast.kernels ")
 
 
 def test_device_module_cpu_facts():

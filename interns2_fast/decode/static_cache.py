@@ -12,7 +12,8 @@ It speaks both cache protocols that transformers' hybrid models (and the patched
   `conv_states[i]` / `recurrent_states[i]`, `has_previous_state`, `update(k, v, layer_idx, ...)`.
   Assigning into the lists copies into the static tensor (the unpatched 5.2 layer assigns a new
   recurrent state every step), so addresses never change;
-* "layered" (5.15+): `has_previous_state(i)`, `get_conv_state` / `get_recurrent_state` (5.24) or
+* "layered" (5.15+): `has_previous_state(i)`, `get_conv_state` / `get_recurrent_state` (5.24; 5.25 adds
+  `increase_count` and `get_recurrent_states_to_keep`) or
   `layers[i].conv_states[0]` / `.recurrent_states[0]` / `.record_past` (5.15.1 - 5.18.0),
   `update_recurrent_state` (a copy into the static tensor) / `is_recording_past`, and the same
   `update` (5.24 passes no position: the cache writes at its own `position` buffer, which the step
@@ -232,7 +233,14 @@ class StaticDecodeCache:
                     return False
                 conv.copy_(self._conv[i])
                 rec.copy_(self._rec[i])
-        return True
+                # 5.25's linear layers count their tokens (what get_seq_length reads on a hybrid cache)
+                count = getattr(cache.layers[i], "cumulative_length_linear", None)
+                if isinstance(count, torch.Tensor):
+                    count.fill_(kv_len)
+        try:
+            return int(cache.get_seq_length()) == kv_len
+        except Exception:  # noqa: BLE001  (a cache that cannot tell its length is not handed back)
+            return False
 
     # --- legacy protocol (transformers 5.2 - 5.14, Intern-S2-Preview remote code) -------------------
     def __len__(self) -> int:
@@ -268,6 +276,14 @@ class StaticDecodeCache:
 
     def is_recording_past(self, layer_idx: int) -> bool:
         return False
+
+    # --- 5.25: the layer counts tokens through the cache and may ask for intermediate states ---------
+    def increase_count(self, layer_idx: int, state_idx: int = 0) -> None:
+        """5.25's conv helper counts each in-place decode token here; the step keeps its own position."""
+
+    def get_recurrent_states_to_keep(self, layer_idx: int | None = None) -> int:
+        """No intermediate recurrent states: the static cache never records the past (no `crop`)."""
+        return 0
 
     def has_previous_state(self, layer_idx: int | None = None, state_idx: int | None = None) -> bool:
         """The layered form (a method); a cache built for a legacy-protocol model shadows it with `True`."""
