@@ -94,6 +94,76 @@ def tiny_config(family: str = "qwen3_5_moe", num_layers: int = 4):
     raise ValueError(f"unknown model family {family!r}; expected one of {FAMILIES}")
 
 
+#: families whose vision-language class (`...ForConditionalGeneration`) transformers ships
+VLM_FAMILIES = ("qwen3_5_moe", "qwen3_5")
+#: the tiny vision-language configs' special tokens (the top of the 512-token vocabulary)
+VISION_TOKENS = dict(image_token_id=508, video_token_id=509, vision_start_token_id=510, vision_end_token_id=511)
+
+
+def tiny_vlm_config(family: str = "qwen3_5_moe", num_layers: int = 4):
+    """A tiny vision-language config of `family` (Intern-S2-Preview's architecture is the qwen3_5_moe one):
+    the tiny text config plus a one-block vision tower whose merged patches land in the text width, and
+    an mrope split of the tiny rotary (head_dim 32 x 0.25 = 8 dims = 4 frequencies)."""
+    import transformers
+
+    if family not in VLM_FAMILIES:
+        raise ValueError(f"no vision-language class for {family!r}; expected one of {VLM_FAMILIES}")
+    text = tiny_config(family, num_layers)
+    rope = dict(getattr(text, "rope_parameters", None) or {})
+    rope.update(mrope_section=[2, 1, 1], mrope_interleaved=True)
+    text.rope_parameters = rope
+    vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, in_channels=3, patch_size=4,
+                  spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=text.hidden_size,
+                  num_position_embeddings=64)
+    cls = transformers.Qwen3_5MoeConfig if family == "qwen3_5_moe" else transformers.Qwen3_5Config
+    return cls(text_config=text.to_dict(), vision_config=vision, **VISION_TOKENS)
+
+
+def build_vlm(family: str = "qwen3_5_moe", config=None, *, seed: int = 0, dtype=torch.float32, device="cpu",
+              attn_implementation: str = "eager"):
+    """A random-weight vision-language model (`Qwen3_5MoeForConditionalGeneration` /
+    `Qwen3_5ForConditionalGeneration`) in eval mode: the class the Intern-S2-Preview checkpoint loads as."""
+    import transformers
+
+    config = config if config is not None else tiny_vlm_config(family)
+    config._attn_implementation = attn_implementation
+    for sub in ("text_config", "vision_config"):
+        getattr(config, sub)._attn_implementation = attn_implementation
+    cls = {"qwen3_5_moe": transformers.Qwen3_5MoeForConditionalGeneration,
+           "qwen3_5": transformers.Qwen3_5ForConditionalGeneration}[family]
+    torch.manual_seed(seed)
+    model = cls(config)
+    condition_weights(model, seed)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def image_prompt(config, lengths, *, grid=(1, 4, 4), image_at: int = 2, seed: int = 0) -> dict:
+    """generate() inputs for a left-padded batch of prompts with one image each (random pixels):
+    `lengths[b]` text tokens around `<vision_start> <image>... <vision_end>` placed after `image_at`
+    text tokens; pads on the left up to the longest."""
+    gen = torch.Generator().manual_seed(seed)
+    vision = config.vision_config
+    t, h, w = grid
+    n_image = t * h * w // vision.spatial_merge_size ** 2
+    low = max(VISION_TOKENS.values()) + 1 - 16  # ordinary text ids stay below the special ones
+    rows = []
+    for n in lengths:
+        text = torch.randint(0, low, (n,), generator=gen)
+        rows.append(torch.cat([text[:image_at], torch.tensor([config.vision_start_token_id]),
+                               torch.full((n_image,), config.image_token_id), torch.tensor([config.vision_end_token_id]),
+                               text[image_at:]]))
+    width = max(len(r) for r in rows)
+    input_ids = torch.zeros(len(rows), width, dtype=torch.long)
+    attention_mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for b, r in enumerate(rows):
+        input_ids[b, width - len(r):] = r
+        attention_mask[b, width - len(r):] = 1
+    patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size ** 2
+    pixel_values = torch.randn(len(rows) * t * h * w, patch_dim, generator=gen)
+    return dict(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
+                image_grid_thw=torch.tensor([list(grid)] * len(rows)))
+
+
 @torch.no_grad()
 def condition_weights(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Make random weights well conditioned: routers and norms are not left at zero/one, so a

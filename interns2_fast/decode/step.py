@@ -103,6 +103,17 @@ def find_parts(model: nn.Module) -> ModelParts | str:
                       "cache_position" in params)
 
 
+def split_positions(position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(text positions for the layers, positions for the rotary), as the Qwen3.5 text models split them:
+    the vision-language classes carry [4, B, T] (the text row, then mrope's t / h / w rows), the mrope
+    text model [3, B, T], the text-only ones [B, T]."""
+    if position_ids.dim() == 3 and position_ids.shape[0] == 4:
+        return position_ids[0], position_ids[1:]
+    if position_ids.dim() == 3:
+        return position_ids[0], position_ids
+    return position_ids, position_ids
+
+
 class DecodeStep:
     """The decode step of one model on one `StaticDecodeCache` (see the module docstring)."""
 
@@ -149,11 +160,12 @@ class DecodeStep:
         token = collector.set(None) if collector is not None else None
         try:
             hidden = parts.embed(self.input_ids)
-            position_embeddings = parts.rotary(hidden, self.position_ids)
+            text_positions, rope_positions = split_positions(self.position_ids)
+            position_embeddings = parts.rotary(hidden, rope_positions)
             for layer, kind in zip(parts.layers, parts.kinds):
                 hidden = layer(hidden, position_embeddings=position_embeddings,
                                attention_mask=self.mask if kind == "attention" else None,
-                               position_ids=self.position_ids, **self._kwargs)
+                               position_ids=text_positions, **self._kwargs)
                 if isinstance(hidden, tuple):
                     hidden = hidden[0]
         finally:
