@@ -31,6 +31,15 @@ steps run past the finish are cut off afterwards (the tokens and scores are thos
 returns). With a streamer or `return_dict_in_generate` (whose cache is
 written back from the static state) it is asked every token.
 
+The first step of every new runtime is checked (`check_first_step`): before the token it follows is
+streamed, the static step and the model's own forward (on the prefill's cache, as transformers' loop would
+run it) take the same token, and their logits must agree within the dtype's tolerance
+(`compare.VERIFY_TOLERANCES`). A step that raises (a cache method or keyword this code does not know) or
+disagrees (a position or cache convention it does not follow) sends the generation to transformers' own
+loop — from a copy of the empty cache generate() made and the random state before the first token, so
+the tokens are transformers' — with a one-time note naming the error and the transformers version; the
+model then stays on transformers' loop until it is patched again (`DecodeSettings.refused`).
+
 Inside `patching.reference_mode(model)` generate() is transformers' own (loop included), silently.
 Not supported, handed to transformers' loop with a one-time note: beam search, assisted decoding,
 synced GPUs, `output_attentions` / `output_hidden_states`, continuing from a passed non-empty
@@ -40,6 +49,7 @@ not found by structure (`step.find_parts`).
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import functools
 import inspect
@@ -66,6 +76,8 @@ class Runtime:
     key: tuple
     step: DecodeStep
     runner: object
+    #: the first step on this runtime was compared with the model's own forward and agreed
+    checked: bool = False
 
 
 @dataclasses.dataclass
@@ -77,9 +89,11 @@ class DecodeSettings:
     stop_check_every: int | None = None
     stats: dict = dataclasses.field(default_factory=lambda: {"static": 0, "handed_over": 0, "steps": 0})
     runtimes: dict = dataclasses.field(default_factory=dict, repr=False)
+    #: why the first-step check refused the static step for this model (then every generate() is transformers')
+    refused: str | None = None
 
     def __deepcopy__(self, memo):
-        return DecodeSettings(self.mode, self.stop_check_every)
+        return DecodeSettings(self.mode, self.stop_check_every, refused=self.refused)
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -261,6 +275,76 @@ def _prompt_positions(model_kwargs, batch: int, kv_len: int, device) -> torch.Te
     return torch.arange(kv_len, device=device).unsqueeze(0).expand(batch, -1)
 
 
+def _pristine(model_kwargs) -> dict:
+    """`model_kwargs` with copies of the caches in it (generate() passes the empty cache it created), taken
+    before the prefill fills them: what transformers' loop starts from if the static path hands over."""
+    out = dict(model_kwargs)
+    for name in CACHE_NAMES:
+        if out.get(name) is not None:
+            out[name] = copy.deepcopy(out[name])
+    return out
+
+
+def _rng_state(device: torch.device):
+    mod = getattr(torch, device.type, None) if device.type != "cpu" else None
+    return torch.get_rng_state(), (mod.get_rng_state(device) if hasattr(mod, "get_rng_state") else None)
+
+
+def _restore_rng(device: torch.device, state) -> None:
+    cpu, dev = state
+    torch.set_rng_state(cpu)
+    if dev is not None:
+        getattr(torch, device.type).set_rng_state(dev, device)
+
+
+def _problem_of(exc: BaseException) -> str:
+    import transformers
+
+    first_line = (str(exc).splitlines() or [""])[0][:200]
+    return f"{type(exc).__name__}: {first_line} (transformers {transformers.__version__})"
+
+
+def _one_token(model_kwargs) -> dict:
+    """What transformers' loop adds to `prepare_inputs_for_generation` for one new token: 5.25 slices the
+    ids by `next_sequence_length` (earlier releases by `cache_position`)."""
+    from transformers.generation.utils import GenerationMixin
+
+    if "next_sequence_length" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters:
+        return {"next_sequence_length": 1 if model_kwargs.get("use_cache", True) else None}
+    return {}
+
+
+def check_first_step(model, rt: Runtime, prefill_outputs, seq: torch.Tensor, model_kwargs) -> str | None:
+    """Run the static step for the token in `rt.step.input_ids` and the model's own forward for the same
+    token on the prefill's cache (what transformers' loop would run next); None when their logits agree
+    within the dtype's tolerance, else why the static step does not run this model as its forward does.
+
+    Its cost does not depend on the prompt's length (one decode token through each path). The prefill's
+    cache takes the token too; it is read again only by `export_to`, which overwrites what it reads."""
+    from ..compare import compare_tensors
+
+    try:
+        rt.runner.run()
+    except Exception as exc:  # noqa: BLE001  (an unknown layer/cache convention must not break generate())
+        return f"static decode: the step fails on this model ({_problem_of(exc)})"
+    try:
+        kwargs = model._update_model_kwargs_for_generation(prefill_outputs, dict(model_kwargs),
+                                                           is_encoder_decoder=False)
+        inputs = model.prepare_inputs_for_generation(seq, **_one_token(kwargs), **kwargs)
+        own = model(**inputs, return_dict=True).logits[:, -1, :].float()
+    except Exception as exc:  # noqa: BLE001
+        return f"static decode: cannot run the model's own decode forward to check the step ({_problem_of(exc)})"
+    got = rt.step.logits.to(own.device)
+    result = compare_tensors(got, own, dtype=rt.step.mask.dtype)
+    if not result.ok:
+        import transformers
+
+        return (f"static decode: the step's logits differ from the model's own forward for the same token (RMS "
+                f"ratio {result.rms_ratio:.2e}, max |diff| {result.max_abs:.2e}; transformers "
+                f"{transformers.__version__})")
+    return None
+
+
 def _output_class_kwargs(cls, cache):
     names = {f.name for f in dataclasses.fields(cls)}
     key = "past_key_values" if "past_key_values" in names else ("cache" if "cache" in names else None)
@@ -271,6 +355,10 @@ def static_sample(model, settings: DecodeSettings, original, input_ids, logits_p
                   generation_config, synced_gpus=False, streamer=None, **model_kwargs):
     """transformers' `_sample` (greedy / sampling) with the decode loop on the static step."""
     if _in_reference_mode(model):
+        return original(model, input_ids, logits_processor, stopping_criteria, generation_config,
+                        synced_gpus=synced_gpus, streamer=streamer, **model_kwargs)
+    if settings.refused is not None:  # the first-step check found a mismatch (noted then): transformers' loop
+        settings.stats["handed_over"] += 1
         return original(model, input_ids, logits_processor, stopping_criteria, generation_config,
                         synced_gpus=synced_gpus, streamer=streamer, **model_kwargs)
     parts = find_parts(model)
@@ -293,18 +381,25 @@ def static_sample(model, settings: DecodeSettings, original, input_ids, logits_p
     if pad_token_id is not None:
         pad_token_id = pad_token_id.to(input_ids.device)
 
-    untouched = dict(model_kwargs)
+    # What a hand-over to transformers' loop after the prefill needs: the kwargs with the (still empty) cache
+    # generate() created, and the random state before the first token is drawn.
+    untouched = _pristine(model_kwargs)
+    rng = _rng_state(input_ids.device)
+
+    def hand_over(reason: str):
+        settings.stats["handed_over"] += 1
+        note_once(f"{reason}; using transformers' own generate loop")
+        _restore_rng(input_ids.device, rng)
+        return original(model, input_ids, logits_processor, stopping_criteria, generation_config,
+                        synced_gpus=synced_gpus, streamer=streamer, **untouched)
+
     outputs = model._prefill(input_ids, generation_config, model_kwargs)
     cache = _output_cache(outputs, model_kwargs)
     try:
         states = read_cache_states(cache, parts.kinds)
     except UnsupportedCache as exc:  # the model built a cache this code does not know: redo it the usual way
-        settings.stats["handed_over"] += 1
-        note_once(f"{exc}; using transformers' own generate loop")
-        return original(model, input_ids, logits_processor, stopping_criteria, generation_config,
-                        synced_gpus=synced_gpus, streamer=streamer, **untouched)
+        return hand_over(str(exc))
     logits = outputs.logits[:, -1, :].to(copy=True, dtype=torch.float32, device=input_ids.device)
-    del outputs
 
     attn = [s for s in states if s.kind == "attention"]
     am = model_kwargs.get("attention_mask")
@@ -323,7 +418,6 @@ def static_sample(model, settings: DecodeSettings, original, input_ids, logits_p
         every = 1
     pending: list = []
     final = None
-    settings.stats["static"] += 1
 
     optimize = getattr(model, "_optimize_model_for_decode", None)
     with (optimize() if optimize is not None else contextlib.nullcontext()):
@@ -333,6 +427,11 @@ def static_sample(model, settings: DecodeSettings, original, input_ids, logits_p
                              cache_protocol(cache))
             rt.step.load(states, kv_len, am, next_pos)
         del states
+        # The first step of a new runtime runs beside the model's own forward (on the prefill's cache) for the
+        # same token before anything is streamed; the prefill outputs are kept for that and dropped after.
+        first_check = outputs if rt is not None and not rt.checked else None
+        del outputs
+        stepped = False
         while True:
             next_scores = logits_processor(seq[:, :cur], logits)
             if scores is not None:
@@ -348,9 +447,19 @@ def static_sample(model, settings: DecodeSettings, original, input_ids, logits_p
                 tokens = tokens * unfinished + pad_token_id * (1 - unfinished)
             seq[:, cur] = tokens
             cur += 1
+            unfinished = unfinished & ~stopping_criteria(seq[:, :cur], scores)
+            if first_check is not None:
+                if cur < max_length and bool(unfinished.max() > 0):  # (one host read, once per runtime)
+                    rt.step.input_ids.copy_(tokens.view(batch, 1))
+                    problem = check_first_step(model, rt, first_check, seq[:, :cur], model_kwargs)
+                    if problem is not None:
+                        settings.refused = problem
+                        settings.runtimes.clear()
+                        return hand_over(problem)
+                    rt.checked = stepped = True
+                first_check = None
             if streamer is not None:
                 streamer.put(tokens.cpu())
-            unfinished = unfinished & ~stopping_criteria(seq[:, :cur], scores)
             if cur >= max_length:
                 break
             pending.append((cur, unfinished.max() == 0))
@@ -358,13 +467,16 @@ def static_sample(model, settings: DecodeSettings, original, input_ids, logits_p
                 final, pending = _first_done(pending), []
                 if final is not None:
                     break
-            rt.step.input_ids.copy_(tokens.view(batch, 1))
-            rt.runner.run()
+            if not stepped:
+                rt.step.input_ids.copy_(tokens.view(batch, 1))
+                rt.runner.run()
+            stepped = False
             settings.stats["steps"] += 1
             logits = rt.step.logits.clone()
         if final is None:
             final = _first_done(pending) or cur
 
+    settings.stats["static"] += 1  # (counted once the generation stayed on the static path)
     if streamer is not None:
         streamer.end()
     generated = final - start

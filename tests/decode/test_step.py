@@ -44,7 +44,7 @@ def test_every_static_buffer_keeps_its_address_across_20_steps(model_factory, fa
     B, L = 3, 6
     ids = torch.randint(1, 512, (B, L))
     steps = []
-    handle = find_parts(model).layers[-1].register_forward_hook(lambda m, a, o: _record_ptrs(model, steps))
+    handle = find_parts(model).layers[-1].register_forward_hook(_ptr_recorder(model, steps), with_kwargs=True)
     try:
         model.generate(ids, max_new_tokens=21, do_sample=False)  # prefill + 20 static steps
     finally:
@@ -61,10 +61,15 @@ def test_every_static_buffer_keeps_its_address_across_20_steps(model_factory, fa
     assert k[:, :, L:L + 20].abs().sum(dim=(1, 3)).gt(0).all() and k[:, :, L + 20:].abs().sum() == 0
 
 
-def _record_ptrs(model, out):
-    rt = settings_of(model).last_runtime()
-    if rt is not None:
-        out.append({k: v.data_ptr() for k, v in rt.step.buffers().items()})
+def _ptr_recorder(model, out):
+    """A forward hook recording the static buffers' addresses on each static-step call of a layer (not on the
+    prefill, nor on the model's own forward that checks a new runtime's first step)."""
+    def hook(module, args, kwargs, output):
+        rt = settings_of(model).last_runtime()
+        if rt is not None and any(v is rt.step.cache for v in kwargs.values()):
+            out.append({k: v.data_ptr() for k, v in rt.step.buffers().items()})
+
+    return hook
 
 
 def test_decode_step_on_meta_has_no_host_sync(model_factory, monkeypatch):
@@ -241,7 +246,7 @@ def test_unpatched_layers_run_on_the_static_cache(model_factory, family):
     want = model.generate(ids, max_new_tokens=8, do_sample=False)
     patch(model, ops=("norm",))
     ptrs = []
-    handle = find_parts(model).layers[0].register_forward_hook(lambda m, a, o: _record_ptrs(model, ptrs))
+    handle = find_parts(model).layers[0].register_forward_hook(_ptr_recorder(model, ptrs), with_kwargs=True)
     try:
         got = model.generate(ids, max_new_tokens=8, do_sample=False)
     finally:
