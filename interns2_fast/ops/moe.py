@@ -291,7 +291,7 @@ def _experts_shared_reference(hidden, topk_ids, topk_weights, gate_up_proj, down
 
     # transformers' block: experts(...) then shared_expert(x) (gate/up/down Linears, SiLU), scaled by
     # sigmoid(shared_expert_gate(x)), added, all in hidden's dtype
-    out = reference.moe_experts(hidden, topk_ids.long(), topk_weights, gate_up_proj, down_proj)
+    out = reference.moe_experts(hidden, topk_ids, topk_weights, gate_up_proj, down_proj)
     shared = F.linear(F.silu(F.linear(hidden, shared_gate_proj)) * F.linear(hidden, shared_up_proj), shared_down_proj)
     return out + F.sigmoid(F.linear(hidden, shared_gate)) * shared
 

@@ -145,6 +145,17 @@ def test_int32_ids_match_int64(backend):
     assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("backend", BACKENDS + ["reference"])
+@pytest.mark.parametrize("id_dtype", [torch.int64, torch.int32], ids=["int64", "int32"])
+@pytest.mark.parametrize("T", [3, 40])  # decode and plan paths on Triton
+def test_int64_and_int32_ids_on_every_backend(backend, id_dtype, T):
+    # one contract for all backends: int64 and int32 ids, the same values
+    hidden, ids, w, gu, dn = make(T, 8, 2, torch.float32)
+    out = _run(backend, hidden, ids.to(id_dtype), w, gu, dn)
+    _close(out, loop64(hidden, ids, w, gu, dn), TOL[torch.float32]["loop"])
+    _close(out, ops.moe_experts(hidden, ids, w, gu, dn, backend="reference"), TOL[torch.float32]["ref"])
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("T", [3, 40])
 def test_repeated_expert_within_a_token(backend, T):
