@@ -204,7 +204,9 @@ def moe_route(hidden, weight, top_k, *, renormalize=True):
 
 
 def moe_experts(hidden, topk_ids, topk_weights, gate_up_proj, down_proj):
-    """The eager expert loop of the installed `Qwen3_5MoeExperts` (the undecorated forward)."""
+    """The eager expert loop of the installed `Qwen3_5MoeExperts` (the undecorated forward). `topk_ids`
+    may be int64 or int32, as on every backend: the loop's one_hot takes int64 only, so int32 ids are
+    widened here."""
     from transformers.activations import ACT2FN
 
     cls = fallback_module().Qwen3_5MoeExperts
@@ -220,6 +222,8 @@ def moe_experts(hidden, topk_ids, topk_weights, gate_up_proj, down_proj):
         has_bias=False,
         is_transposed=False,
     )
+    if topk_ids.dtype != torch.int64:
+        topk_ids = topk_ids.long()
     return forward(experts, hidden, topk_ids, topk_weights)
 
 

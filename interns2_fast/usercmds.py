@@ -50,6 +50,19 @@ def prompt_text(text: str) -> str:
     return text
 
 
+def backend_name(text: str) -> str:
+    """argparse type: "auto" or one of the op backends (`interns2_fast.ops.BACKENDS`)."""
+    if text == "auto":  # the default: no need to import the ops to accept it
+        return text
+    import argparse
+
+    from .ops import BACKENDS
+
+    if text not in BACKENDS:
+        raise argparse.ArgumentTypeError(f"expects auto or one of {', '.join(BACKENDS)}, got {text!r}")
+    return text
+
+
 def one_line_errors(parser):
     """Make `parser` report a bad argument as one line, `<prog>: <message>.`, and exit with status 2
     (argparse's default prints the whole usage block first)."""
@@ -641,7 +654,7 @@ def add_user_commands(sub) -> None:
     p = one_line_errors(sub.add_parser("demo", help="patch the built-in default model: report, numerics, identical "
                                                     "greedy ids, reference vs patched time per op family and end to end"))
     p.add_argument("--max-new-tokens", type=positive_int, default=32)
-    p.add_argument("--backend", default="auto")
+    p.add_argument("--backend", default="auto", type=backend_name)
     p.add_argument("--device", default=None, help="default: the first NPU/GPU, else the CPU")
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--reps", type=positive_int, default=5, help="timed repetitions per op")
@@ -654,7 +667,7 @@ def add_user_commands(sub) -> None:
     p.add_argument("--prompt", action="extend", nargs="+", metavar="TEXT", type=prompt_text,
                    help=f"one or more prompts, option repeatable (default: {DEFAULT_PROMPT!r})")
     p.add_argument("--top-k", type=positive_int, default=10)
-    p.add_argument("--backend", default="auto")
+    p.add_argument("--backend", default="auto", type=backend_name)
     p.add_argument("--ops", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     p.add_argument("--device", default=None, help="device of the built-in default model")
     p.add_argument("--no-chat-template", dest="chat_template", action="store_false",
@@ -671,7 +684,7 @@ def add_user_commands(sub) -> None:
     think.add_argument("--enable-thinking", dest="thinking", action="store_const", const=True, default=None)
     think.add_argument("--no-thinking", dest="thinking", action="store_const", const=False)
     p.add_argument("--no-patch", action="store_true", help="run transformers' own paths")
-    p.add_argument("--backend", default="auto")
+    p.add_argument("--backend", default="auto", type=backend_name)
     p.add_argument("--repeat", type=non_negative_int, default=1, help="timed repetitions after the first generation")
     _add_load_options(p)
 

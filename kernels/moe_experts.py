@@ -24,7 +24,10 @@ Bad expert ids (outside [0, E); the ops reject them for host tensors, a device t
 back): every kernel clamps the expert it reads weights of into [0, E), the plan leaves such slots
 out, and the combine skips them, so they contribute nothing and nothing is read out of bounds.
 
-Tiles are sized for the Ascend 192 KB Unified Buffer (see LOWERING_CONFIGS). Under the Triton
+Any H and I: every kernel masks the tails of both (loads zero-filled past the data, stores masked),
+and the GEMM tiles are powers of two at least MIN_DOT wide in each tl.dot dimension, so a narrow H or
+I (or a plan block with few rows) still gives tl.dot operands of 16 or more. Tiles are sized for the
+Ascend 192 KB Unified Buffer (see LOWERING_CONFIGS; the production H=2048, I=512 fill whole tiles). Under the Triton
 interpreter the dot operands are cast to fp32 (bf16 tl.dot is wrong there); on a device bf16/fp16
 tiles go to tl.dot as they are, with fp32 accumulation.
 """
@@ -40,6 +43,9 @@ from . import LoweringConfig
 
 #: Up to this many (token, expert) slots the decode kernels run instead of the plan GEMMs.
 DECODE_SLOTS = 64
+#: The smallest tl.dot operand dimension (Triton's M, N, K >= 16): GEMM tiles are at least this wide,
+#: zero-filled past a narrow H or I.
+MIN_DOT = 16
 
 # Tile sizes (Ascend UB budget checked by the lowering gate).
 GU_BLOCK_N = 64      # I columns per gate_up task (gate and up tiles of this width each)
@@ -68,7 +74,7 @@ def _gate_up_kernel(
 ):
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
-    n_tiles: tl.constexpr = I // BLOCK_N
+    n_tiles: tl.constexpr = (I + BLOCK_N - 1) // BLOCK_N
     num_rows = tl.load(num_rows_ptr)
     for task in range(pid, num_tasks, nprog):
         mb = task // n_tiles
@@ -80,21 +86,26 @@ def _gate_up_kernel(
             slots = tl.load(sorted_slots_ptr + rows)
             valid = (slots >= 0) & (slots < num_slots)
             tok64 = tl.cast(tl.where(valid, slots // K_TOP, 0), tl.int64)
-            cols64 = tl.cast(nt * BLOCK_N + tl.arange(0, BLOCK_N), tl.int64)
-            # the tile's rows of W_gate (W_up I rows further): an int64 scalar base, int32 offsets
-            w_tile = w_ptr + e64 * (2 * I * H) + tl.cast(nt * BLOCK_N, tl.int64) * H
             ar_n = tl.arange(0, BLOCK_N)
             ar_k = tl.arange(0, BLOCK_K)
+            cmask = nt * BLOCK_N + ar_n < I  # the masked tail of the last I tile
+            cols64 = tl.cast(nt * BLOCK_N + ar_n, tl.int64)
+            # the tile's rows of W_gate (W_up I rows further): an int64 scalar base, int32 offsets
+            w_tile = w_ptr + e64 * (2 * I * H) + tl.cast(nt * BLOCK_N, tl.int64) * H
             acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
             acc_u = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
             for k0 in range(0, H, BLOCK_K):
                 kk = k0 + ar_k
-                a = tl.load(x_ptr + tok64[:, None] * H + kk[None, :], mask=valid[:, None], other=0.0)
+                kmask = kk < H
+                a = tl.load(x_ptr + tok64[:, None] * H + kk[None, :], mask=valid[:, None] & kmask[None, :],
+                            other=0.0)
                 # [BLOCK_N, BLOCK_K] tiles of the stored rows (stride 1 along K), transposed on chip
                 # for the dot: plain pointer arithmetic (NVIDIA triton 3.9 has no block pointers).
+                # Tails past I or H load as zeros, so they add nothing to the dot.
                 w_off = ar_n[:, None] * H + kk[None, :]
-                wg = tl.load(w_tile + w_off)
-                wu = tl.load(w_tile + I * H + w_off)
+                w_mask = cmask[:, None] & kmask[None, :]
+                wg = tl.load(w_tile + w_off, mask=w_mask, other=0.0)
+                wu = tl.load(w_tile + I * H + w_off, mask=w_mask, other=0.0)
                 if DOT_FP32:
                     a = a.to(tl.float32)
                     wg = wg.to(tl.float32)
@@ -104,7 +115,8 @@ def _gate_up_kernel(
                 acc_u += tl.dot(a2, tl.trans(wu))
             h = acc_g / (1.0 + tl.exp(-acc_g)) * acc_u
             rows64 = tl.cast(rows, tl.int64)
-            tl.store(inter_ptr + rows64[:, None] * I + cols64[None, :], h.to(inter_ptr.dtype.element_ty))
+            tl.store(inter_ptr + rows64[:, None] * I + cols64[None, :], h.to(inter_ptr.dtype.element_ty),
+                     mask=cmask[None, :])
 
 
 @triton.jit
@@ -116,7 +128,7 @@ def _down_kernel(
 ):
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
-    n_tiles: tl.constexpr = H // BLOCK_N
+    n_tiles: tl.constexpr = (H + BLOCK_N - 1) // BLOCK_N
     num_rows = tl.load(num_rows_ptr)
     for task in range(pid, num_tasks, nprog):
         mb = task // n_tiles
@@ -128,15 +140,19 @@ def _down_kernel(
             rows64 = tl.cast(rows, tl.int64)
             slots = tl.load(sorted_slots_ptr + rows)
             valid = (slots >= 0) & (slots < num_slots)
-            cols64 = tl.cast(nt * BLOCK_N + tl.arange(0, BLOCK_N), tl.int64)
-            w_tile = w_ptr + e64 * (H * I) + tl.cast(nt * BLOCK_N, tl.int64) * I
             ar_n = tl.arange(0, BLOCK_N)
             ar_k = tl.arange(0, BLOCK_K)
+            cmask = nt * BLOCK_N + ar_n < H  # the masked tail of the last H tile
+            cols64 = tl.cast(nt * BLOCK_N + ar_n, tl.int64)
+            w_tile = w_ptr + e64 * (H * I) + tl.cast(nt * BLOCK_N, tl.int64) * I
             acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
             for k0 in range(0, I, BLOCK_K):
                 kk = k0 + ar_k
-                a = tl.load(inter_ptr + rows64[:, None] * I + kk[None, :])
-                w = tl.load(w_tile + ar_n[:, None] * I + kk[None, :])  # [BLOCK_N, BLOCK_K], stride 1 along K
+                kmask = kk < I
+                a = tl.load(inter_ptr + rows64[:, None] * I + kk[None, :], mask=kmask[None, :], other=0.0)
+                # [BLOCK_N, BLOCK_K], stride 1 along K; tails past H or I load as zeros
+                w = tl.load(w_tile + ar_n[:, None] * I + kk[None, :], mask=cmask[:, None] & kmask[None, :],
+                            other=0.0)
                 if DOT_FP32:
                     a = a.to(tl.float32)
                     w = w.to(tl.float32)
@@ -144,96 +160,7 @@ def _down_kernel(
             scale = tl.load(topk_w_ptr + tl.where(valid, slots, 0), mask=valid, other=0.0)
             y = acc * scale[:, None]
             slot64 = tl.cast(tl.where(valid, slots, 0), tl.int64)
-            tl.store(y_ptr + slot64[:, None] * H + cols64[None, :], y, mask=valid[:, None])
-
-
-@triton.jit
-def _decode_gate_up_kernel(
-    x_ptr, w_ptr, ids_ptr, inter_ptr, num_tasks, E,
-    H: tl.constexpr, I: tl.constexpr, K_TOP: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    pid = tl.program_id(0)
-    nprog = tl.num_programs(0)
-    n_tiles: tl.constexpr = I // BLOCK_N
-    for task in range(pid, num_tasks, nprog):
-        s = task // n_tiles
-        nt = task % n_tiles
-        e64 = tl.cast(_clamp_expert(tl.load(ids_ptr + s), E), tl.int64)
-        t64 = tl.cast(s // K_TOP, tl.int64)
-        cols64 = tl.cast(nt * BLOCK_N + tl.arange(0, BLOCK_N), tl.int64)
-        w_base = w_ptr + e64 * (2 * I * H)
-        acc_g = tl.zeros([BLOCK_N], dtype=tl.float32)
-        acc_u = tl.zeros([BLOCK_N], dtype=tl.float32)
-        for k0 in range(0, H, BLOCK_K):
-            kk = k0 + tl.arange(0, BLOCK_K)
-            x = tl.load(x_ptr + t64 * H + kk).to(tl.float32)
-            wg = tl.load(w_base + cols64[:, None] * H + kk[None, :]).to(tl.float32)
-            wu = tl.load(w_base + (cols64[:, None] + I) * H + kk[None, :]).to(tl.float32)
-            acc_g += tl.sum(wg * x[None, :], axis=1)
-            acc_u += tl.sum(wu * x[None, :], axis=1)
-        h = acc_g / (1.0 + tl.exp(-acc_g)) * acc_u
-        tl.store(inter_ptr + tl.cast(s, tl.int64) * I + cols64, h.to(inter_ptr.dtype.element_ty))
-
-
-@triton.jit
-def _decode_down_kernel(
-    inter_ptr, w_ptr, ids_ptr, topk_w_ptr, y_ptr, num_tasks, E,
-    H: tl.constexpr, I: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    pid = tl.program_id(0)
-    nprog = tl.num_programs(0)
-    n_tiles: tl.constexpr = H // BLOCK_N
-    for task in range(pid, num_tasks, nprog):
-        s = task // n_tiles
-        nt = task % n_tiles
-        s64 = tl.cast(s, tl.int64)
-        e64 = tl.cast(_clamp_expert(tl.load(ids_ptr + s), E), tl.int64)
-        cols64 = tl.cast(nt * BLOCK_N + tl.arange(0, BLOCK_N), tl.int64)
-        w_base = w_ptr + e64 * (H * I)
-        acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-        for k0 in range(0, I, BLOCK_K):
-            kk = k0 + tl.arange(0, BLOCK_K)
-            h = tl.load(inter_ptr + s64 * I + kk).to(tl.float32)
-            w = tl.load(w_base + cols64[:, None] * I + kk[None, :]).to(tl.float32)
-            acc += tl.sum(w * h[None, :], axis=1)
-        scale = tl.load(topk_w_ptr + s)
-        tl.store(y_ptr + s64 * H + cols64, acc * scale)
-
-
-@triton.jit
-def _combine_kernel(
-    y_ptr, ids_ptr, out_ptr, shared_ptr, shared_gate_ptr, num_tokens, num_tasks, E,
-    H: tl.constexpr, K_TOP: tl.constexpr, HAS_SHARED: tl.constexpr, HAS_SHARED_GATE: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
-):
-    pid = tl.program_id(0)
-    nprog = tl.num_programs(0)
-    h_tiles: tl.constexpr = H // BLOCK_H
-    for task in range(pid, num_tasks, nprog):
-        tb = task // h_tiles
-        ht = task % h_tiles
-        toks = tb * BLOCK_T + tl.arange(0, BLOCK_T)
-        tmask = toks < num_tokens
-        toks64 = tl.cast(tl.where(tmask, toks, 0), tl.int64)
-        cols64 = tl.cast(ht * BLOCK_H + tl.arange(0, BLOCK_H), tl.int64)
-        acc = tl.zeros([BLOCK_T, BLOCK_H], dtype=tl.float32)
-        for j in tl.static_range(K_TOP):  # fixed order j = 0..k-1: bit-reproducible
-            # a slot whose expert id is outside [0, E) contributes nothing (its y row may be unset)
-            e = tl.load(ids_ptr + toks64 * K_TOP + j, mask=tmask, other=-1)
-            ok = tmask & (e >= 0) & (e < E)
-            acc += tl.load(y_ptr + (toks64[:, None] * K_TOP + j) * H + cols64[None, :], mask=ok[:, None],
-                           other=0.0)
-        if HAS_SHARED:
-            sh = tl.load(shared_ptr + toks64[:, None] * H + cols64[None, :], mask=tmask[:, None],
-                         other=0.0).to(tl.float32)
-            if HAS_SHARED_GATE:
-                g = tl.load(shared_gate_ptr + toks64, mask=tmask, other=0.0).to(tl.float32)
-                sh = sh / (1.0 + tl.exp(-g))[:, None]
-            acc += sh
-        tl.store(out_ptr + toks64[:, None] * H + cols64[None, :], acc.to(out_ptr.dtype.element_ty),
-                 mask=tmask[:, None])
+            tl.store(y_ptr + slot64[:, None] * H + cols64[None, :], y, mask=valid[:, None] & cmask[None, :])
 
 
 @triton.jit
@@ -267,6 +194,88 @@ def _gemv_rows(v_row, w_rows, cols64, cmask, K: tl.constexpr, BLOCK_K: tl.conste
                     other=0.0).to(tl.float32)
         acc += tl.sum(w * v[None, :], axis=1)
     return acc
+
+
+@triton.jit
+def _decode_gate_up_kernel(
+    x_ptr, w_ptr, ids_ptr, inter_ptr, num_tasks, E,
+    H: tl.constexpr, I: tl.constexpr, K_TOP: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    n_tiles: tl.constexpr = (I + BLOCK_N - 1) // BLOCK_N
+    ar_n = tl.arange(0, BLOCK_N)
+    for task in range(pid, num_tasks, nprog):
+        s = task // n_tiles
+        nt = task % n_tiles
+        e64 = tl.cast(_clamp_expert(tl.load(ids_ptr + s), E), tl.int64)
+        t64 = tl.cast(s // K_TOP, tl.int64)
+        cols = nt * BLOCK_N + ar_n
+        cmask = cols < I
+        cols64 = tl.cast(cols, tl.int64)
+        w_base = w_ptr + e64 * (2 * I * H)
+        h = _swiglu_rows(x_ptr + t64 * H, w_base, w_base + I * H, cols64, cmask, H, BLOCK_K, BLOCK_N)
+        tl.store(inter_ptr + tl.cast(s, tl.int64) * I + cols64, h.to(inter_ptr.dtype.element_ty), mask=cmask)
+
+
+@triton.jit
+def _decode_down_kernel(
+    inter_ptr, w_ptr, ids_ptr, topk_w_ptr, y_ptr, num_tasks, E,
+    H: tl.constexpr, I: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    n_tiles: tl.constexpr = (H + BLOCK_N - 1) // BLOCK_N
+    ar_n = tl.arange(0, BLOCK_N)
+    for task in range(pid, num_tasks, nprog):
+        s = task // n_tiles
+        nt = task % n_tiles
+        s64 = tl.cast(s, tl.int64)
+        e64 = tl.cast(_clamp_expert(tl.load(ids_ptr + s), E), tl.int64)
+        cols = nt * BLOCK_N + ar_n
+        cmask = cols < H
+        cols64 = tl.cast(cols, tl.int64)
+        acc = _gemv_rows(inter_ptr + s64 * I, w_ptr + e64 * (H * I), cols64, cmask, I, BLOCK_K, BLOCK_N)
+        scale = tl.load(topk_w_ptr + s)
+        tl.store(y_ptr + s64 * H + cols64, acc * scale, mask=cmask)
+
+
+@triton.jit
+def _combine_kernel(
+    y_ptr, ids_ptr, out_ptr, shared_ptr, shared_gate_ptr, num_tokens, num_tasks, E,
+    H: tl.constexpr, K_TOP: tl.constexpr, HAS_SHARED: tl.constexpr, HAS_SHARED_GATE: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    h_tiles: tl.constexpr = (H + BLOCK_H - 1) // BLOCK_H
+    for task in range(pid, num_tasks, nprog):
+        tb = task // h_tiles
+        ht = task % h_tiles
+        toks = tb * BLOCK_T + tl.arange(0, BLOCK_T)
+        tmask = toks < num_tokens
+        toks64 = tl.cast(tl.where(tmask, toks, 0), tl.int64)
+        cols = ht * BLOCK_H + tl.arange(0, BLOCK_H)
+        cmask = cols < H
+        cols64 = tl.cast(cols, tl.int64)
+        acc = tl.zeros([BLOCK_T, BLOCK_H], dtype=tl.float32)
+        for j in tl.static_range(K_TOP):  # fixed order j = 0..k-1: bit-reproducible
+            # a slot whose expert id is outside [0, E) contributes nothing (its y row may be unset)
+            e = tl.load(ids_ptr + toks64 * K_TOP + j, mask=tmask, other=-1)
+            ok = tmask & (e >= 0) & (e < E)
+            acc += tl.load(y_ptr + (toks64[:, None] * K_TOP + j) * H + cols64[None, :],
+                           mask=ok[:, None] & cmask[None, :], other=0.0)
+        if HAS_SHARED:
+            sh = tl.load(shared_ptr + toks64[:, None] * H + cols64[None, :], mask=tmask[:, None] & cmask[None, :],
+                         other=0.0).to(tl.float32)
+            if HAS_SHARED_GATE:
+                g = tl.load(shared_gate_ptr + toks64, mask=tmask, other=0.0).to(tl.float32)
+                sh = sh / (1.0 + tl.exp(-g))[:, None]
+            acc += sh
+        tl.store(out_ptr + toks64[:, None] * H + cols64[None, :], acc.to(out_ptr.dtype.element_ty),
+                 mask=tmask[:, None] & cmask[None, :])
 
 
 @triton.jit
@@ -365,26 +374,16 @@ def block_size_for(num_slots: int, num_experts: int) -> int:
     return 64
 
 
-def tile_problem(H: int, I: int) -> str | None:
-    """Why these kernels cannot take hidden size H / expert width I (None: they can)."""
-    for name, dim, block in (("I", I, GU_BLOCK_N), ("H", H, GU_BLOCK_K), ("H", H, DN_BLOCK_N),
-                             ("I", I, DN_BLOCK_K), ("I", I, DEC_BLOCK_N), ("H", H, DEC_BLOCK_K),
-                             ("H", H, CB_BLOCK_H)):
-        if dim <= 0:
-            return f"{name}={dim}: empty expert weights"
-        if dim % min(block, dim) or (dim < block and dim & (dim - 1)):
-            return f"{name}={dim} must be a multiple of {block} or a power of two below it"
-    return None
+def _pow2_blk(dim: int, block: int) -> int:
+    """A power-of-two tile no larger than `block` and no larger than dim rounded up to a power of two
+    (the masked kernels take any dim)."""
+    return min(block, triton.next_power_of_2(max(1, dim)))
 
 
-def _check_tiles(H: int, I: int) -> None:
-    why = tile_problem(H, I)
-    if why is not None:
-        raise ValueError(f"moe_experts (triton): {why}")
-
-
-def _blk(dim: int, block: int) -> int:
-    return min(block, dim)
+def _dot_blk(dim: int, block: int) -> int:
+    """A GEMM tile along a tl.dot dimension: `_pow2_blk`, but at least MIN_DOT (the masked loads
+    zero-fill what lies past `dim`)."""
+    return max(MIN_DOT, _pow2_blk(dim, block))
 
 
 def combine(y: torch.Tensor, ids: torch.Tensor, E: int, T: int, k: int, out_dtype: torch.dtype,
@@ -393,8 +392,8 @@ def combine(y: torch.Tensor, ids: torch.Tensor, E: int, T: int, k: int, out_dtyp
     (+ sigmoid(gate[t]) * shared[t]); y [T*k, H] fp32."""
     H = y.shape[1]
     out = torch.empty(T, H, dtype=out_dtype, device=y.device)
-    bh = _blk(H, CB_BLOCK_H)
-    num_tasks = triton.cdiv(T, CB_BLOCK_T) * (H // bh)
+    bh = _pow2_blk(H, CB_BLOCK_H)
+    num_tasks = triton.cdiv(T, CB_BLOCK_T) * triton.cdiv(H, bh)
     has_shared = shared_expert_output is not None
     has_gate = has_shared and shared_expert_gate is not None
     sh = shared_expert_output.contiguous() if has_shared else y
@@ -415,7 +414,6 @@ def moe_experts(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, *, shar
     E, two_i, _ = gate_up_proj.shape
     I = two_i // 2
     S = T * k
-    _check_tiles(H, I)
     dev = hidden.device
     x = hidden.contiguous()
     gu = gate_up_proj.contiguous()
@@ -430,12 +428,12 @@ def moe_experts(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, *, shar
     with _device.device_guard(hidden):
         if S <= DECODE_SLOTS and not force_plan:
             inter = torch.empty(S, I, dtype=hidden.dtype, device=dev)
-            bn, bk = _blk(I, DEC_BLOCK_N), _blk(H, DEC_BLOCK_K)
-            nt = S * (I // bn)
+            bn, bk = _pow2_blk(I, DEC_BLOCK_N), _pow2_blk(H, DEC_BLOCK_K)
+            nt = S * triton.cdiv(I, bn)
             _decode_gate_up_kernel[(_device.persistent_grid(dev, nt, cube=False),)](
                 x, gu, ids, inter, nt, E, H=H, I=I, K_TOP=k, BLOCK_N=bn, BLOCK_K=bk)
-            bn, bk = _blk(H, DEC_BLOCK_N), _blk(I, DEC_BLOCK_K)
-            nt = S * (H // bn)
+            bn, bk = _pow2_blk(H, DEC_BLOCK_N), _pow2_blk(I, DEC_BLOCK_K)
+            nt = S * triton.cdiv(H, bn)
             _decode_down_kernel[(_device.persistent_grid(dev, nt, cube=False),)](
                 inter, dn, ids, w, y, nt, E, H=H, I=I, BLOCK_N=bn, BLOCK_K=bk)
         else:
@@ -444,32 +442,17 @@ def moe_experts(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, *, shar
             max_rows = plan.sorted_slots.shape[0]
             n_blocks = max_rows // bm
             inter = torch.empty(max_rows, I, dtype=hidden.dtype, device=dev)
-            bn, bk = _blk(I, GU_BLOCK_N), _blk(H, GU_BLOCK_K)
-            nt = n_blocks * (I // bn)
+            bn, bk = _dot_blk(I, GU_BLOCK_N), _dot_blk(H, GU_BLOCK_K)
+            nt = n_blocks * triton.cdiv(I, bn)
             _gate_up_kernel[(_device.persistent_grid(dev, nt, cube=True),)](
                 x, gu, inter, plan.sorted_slots, plan.block_expert, plan.num_rows, S, nt, E,
                 H=H, I=I, K_TOP=k, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, DOT_FP32=dot_fp32)
-            bn, bk = _blk(H, DN_BLOCK_N), _blk(I, DN_BLOCK_K)
-            nt = n_blocks * (H // bn)
+            bn, bk = _dot_blk(H, DN_BLOCK_N), _dot_blk(I, DN_BLOCK_K)
+            nt = n_blocks * triton.cdiv(H, bn)
             _down_kernel[(_device.persistent_grid(dev, nt, cube=True),)](
                 inter, dn, w, y, plan.sorted_slots, plan.block_expert, plan.num_rows, S, nt, E,
                 H=H, I=I, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, DOT_FP32=dot_fp32)
     return combine(y, ids, E, T, k, hidden.dtype, shared_expert_output, shared_expert_gate)
-
-
-def _pow2_blk(dim: int, block: int) -> int:
-    """A power-of-two tile no larger than `block` and no larger than dim rounded up to a power of two
-    (the masked kernels take any dim)."""
-    return min(block, triton.next_power_of_2(max(1, dim)))
-
-
-def shared_problem(H: int, I: int, IS: int) -> str | None:
-    """Why `moe_experts_shared` cannot take these widths on Triton (None: it can). The decode kernels
-    are masked (any H, I, IS); the prefill path reuses the plan GEMMs, whose tiles `tile_problem` checks."""
-    for name, dim in (("H", H), ("I", I), ("IS", IS)):
-        if dim <= 0:
-            return f"{name}={dim}: empty weights"
-    return tile_problem(H, I)
 
 
 def moe_experts_shared(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, shared_gate_proj, shared_up_proj,
@@ -487,9 +470,6 @@ def moe_experts_shared(hidden, topk_ids, topk_weights, gate_up_proj, down_proj, 
     I = two_i // 2
     IS = shared_gate_proj.shape[0]
     S = T * k
-    why = shared_problem(H, I, IS)
-    if why is not None:
-        raise ValueError(f"moe_experts_shared (triton): {why}")
     if S > DECODE_SLOTS or force_plan:
         x = hidden
         shared = F.linear(F.silu(F.linear(x, shared_gate_proj)) * F.linear(x, shared_up_proj), shared_down_proj)

@@ -115,6 +115,11 @@ def test_bad_path_from_the_shell_has_no_traceback(tmp_path):
     (["check", "--top-k", "three"], "argument --top-k: expects a positive integer, got 'three'"),
     (["generate", "--model-path", "x", "--repeat", "-1"], "argument --repeat: expects an integer >= 0, got -1"),
     (["generate"], "the following arguments are required: --model-path"),
+    (["check", "--backend", "bogus"],
+     "argument --backend: expects auto or one of triton, torch, reference, npu_native, pto, got 'bogus'"),
+    (["generate", "--model-path", "x", "--backend", "bogus"],
+     "argument --backend: expects auto or one of triton, torch, reference, npu_native, pto, got 'bogus'"),
+    (["demo", "--backend", "bogus"], "argument --backend: expects auto or one of "),
 ])
 def test_bad_arguments_are_one_line_and_exit_2(capsys, argv, expect):
     with pytest.raises(SystemExit) as exc:
@@ -126,6 +131,15 @@ def test_bad_arguments_are_one_line_and_exit_2(capsys, argv, expect):
     assert lines[0].startswith(f"interns2-fast {argv[0]}: {expect}"), lines[0]
     assert lines[0].endswith(f"See interns2-fast {argv[0]} --help.")
     assert "usage:" not in captured.err and "Traceback" not in captured.err
+
+
+def test_backend_names_still_parse():
+    from interns2_fast.ops import BACKENDS
+
+    for command in (["check"], ["demo"], ["generate", "--model-path", "m"]):
+        assert cli.build_parser().parse_args(command).backend == "auto"
+        for name in BACKENDS:
+            assert cli.build_parser().parse_args(command + ["--backend", name]).backend == name
 
 
 def test_good_numbers_still_parse():

@@ -131,6 +131,10 @@ class Op:
         self._keywords = frozenset(p.name for p in params if p.kind is not p.POSITIONAL_ONLY)
         self._defaults = {n: p.default for n, p in self.signature.parameters.items()
                           if p.default is not inspect.Parameter.empty}
+        # what inspect.signature / help() / editors show: the validator's parameters plus `backend`
+        self.__signature__ = self.signature.replace(parameters=[
+            *self.signature.parameters.values(),
+            inspect.Parameter("backend", inspect.Parameter.KEYWORD_ONLY, default="auto", annotation=str)])
         args_text, self.returns = schema.rsplit("->", 1)
         args_text = args_text.strip()
         assert args_text[0] == "(" and args_text[-1] == ")", schema

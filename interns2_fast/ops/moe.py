@@ -11,7 +11,7 @@ import torch
 from .. import reference
 from ..routing_plan import RoutingPlan, moe_align_max_rows
 from . import _empty
-from ._registry import OK, define
+from ._registry import define
 from ._validate import check_index, check_positive_dims, check_same_device, check_tensor, values_in_host_memory
 
 
@@ -188,14 +188,7 @@ def _experts_torch(**kw):
     return impl.moe_experts(**kw)
 
 
-def _triton_tiles(device, hidden, down_proj, **_):
-    from ..kernels.moe_experts import tile_problem
-
-    why = tile_problem(hidden.shape[1], down_proj.shape[2])
-    return OK if why is None else (False, why)
-
-
-@moe_experts.register("triton", supports=_triton_tiles)
+@moe_experts.register("triton")  # any H and I: the kernels mask their tails
 def _experts_triton(**kw):
     from ..kernels import moe_experts as impl
 
@@ -291,7 +284,7 @@ def _experts_shared_reference(hidden, topk_ids, topk_weights, gate_up_proj, down
 
     # transformers' block: experts(...) then shared_expert(x) (gate/up/down Linears, SiLU), scaled by
     # sigmoid(shared_expert_gate(x)), added, all in hidden's dtype
-    out = reference.moe_experts(hidden, topk_ids.long(), topk_weights, gate_up_proj, down_proj)
+    out = reference.moe_experts(hidden, topk_ids, topk_weights, gate_up_proj, down_proj)
     shared = F.linear(F.silu(F.linear(hidden, shared_gate_proj)) * F.linear(hidden, shared_up_proj), shared_down_proj)
     return out + F.sigmoid(F.linear(hidden, shared_gate)) * shared
 
@@ -303,14 +296,7 @@ def _experts_shared_torch(**kw):
     return impl.moe_experts_shared(**kw)
 
 
-def _triton_shared_tiles(device, hidden, down_proj, shared_gate_proj, **_):
-    from ..kernels.moe_experts import shared_problem
-
-    why = shared_problem(hidden.shape[1], down_proj.shape[2], shared_gate_proj.shape[0])
-    return OK if why is None else (False, why)
-
-
-@moe_experts_shared.register("triton", supports=_triton_shared_tiles)
+@moe_experts_shared.register("triton")  # any H, I and IS: the kernels mask their tails
 def _experts_shared_triton(**kw):
     from ..kernels import moe_experts as impl
 
@@ -368,11 +354,7 @@ def _block_torch(**kw):
     return impl.moe_experts_shared(topk_ids=ids, topk_weights=weights, **rest)
 
 
-def _triton_block_tiles(device, hidden, down_proj, shared_gate_proj, **_):
-    return _triton_shared_tiles(device, hidden, down_proj, shared_gate_proj)
-
-
-@moe_sparse_block.register("triton", supports=_triton_block_tiles)
+@moe_sparse_block.register("triton")
 def _block_triton(**kw):
     from ..kernels import moe_experts as impl, moe_routing
 

@@ -51,11 +51,11 @@ def loop64(hidden, ids, weights, gu, dn, shared=None, gate=None):
     return out
 
 
-def make(T, E, k, dtype, *, ids=None, seed=0):
+def make(T, E, k, dtype, *, ids=None, seed=0, h=H, i=I):
     g = torch.Generator().manual_seed(seed)
-    hidden = torch.randn(T, H, generator=g).to(dtype)
-    gu = (torch.randn(E, 2 * I, H, generator=g) * H ** -0.5).to(dtype)
-    dn = (torch.randn(E, H, I, generator=g) * I ** -0.5).to(dtype)
+    hidden = torch.randn(T, h, generator=g).to(dtype)
+    gu = (torch.randn(E, 2 * i, h, generator=g) * h ** -0.5).to(dtype)
+    dn = (torch.randn(E, h, i, generator=g) * i ** -0.5).to(dtype)
     if ids is None:
         ids = torch.stack([torch.randperm(E, generator=g)[:k] for _ in range(T)])
     w = torch.rand(T, k, generator=g) + 0.1
@@ -82,6 +82,34 @@ def test_matches_reference_and_loop(backend, dtype, T, E, k):
     assert out.shape == (T, H) and out.dtype == dtype
     _close(out, loop64(*args), TOL[dtype]["loop"])
     _close(out, ops.moe_experts(*args, backend="reference"), TOL[dtype]["ref"])
+
+
+# Widths that are no multiple of the tiles (I = 40, odd H) and below tl.dot's 16 (H or I = 8: the GEMM
+# tiles are zero-filled to 16). T*k = 8, 56 -> decode; 72, 160 -> the plan GEMMs (T = 9..20, a small
+# prefill, used to hit Triton's "M >= 16, N >= 16 and K >= 16" assertion at H or I < 16).
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("h,i", [(32, 40), (37, 40), (128, 40), (33, 24), (16, 8), (8, 16), (8, 8), (128, 8)])
+@pytest.mark.parametrize("T", [1, 7, 9, 20])
+def test_any_width_and_small_prefill(backend, h, i, T):
+    args = make(T, 16, 8, torch.float32, h=h, i=i, seed=T)
+    out = _run(backend, *args)
+    assert out.shape == (T, h)
+    _close(out, loop64(*args), TOL[torch.float32]["loop"])
+    _close(out, ops.moe_experts(*args, backend="reference"), TOL[torch.float32]["ref"])
+
+
+@pytest.mark.parametrize("h,i", [(37, 40), (8, 8)])
+@pytest.mark.parametrize("T", [1, 2, 3])
+def test_triton_plan_gemms_with_fewer_rows_than_a_block(h, i, T):
+    # the plan path forced on 1..3 tokens: one partly filled 16-row block per hit expert
+    pytest.importorskip("triton")
+    from interns2_fast.kernels import moe_experts as km
+
+    args = make(T, 8, 2, torch.float32, h=h, i=i, seed=T)
+    shared, gate = torch.randn(T, h), torch.randn(T, 1)
+    out = km.moe_experts(*args, shared_expert_output=shared, shared_expert_gate=gate, plan_fn=moe_ops.moe_align,
+                         force_plan=True)
+    _close(out, loop64(*args, shared=shared, gate=gate), TOL[torch.float32]["loop"])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -143,6 +171,17 @@ def test_int32_ids_match_int64(backend):
     a = _run(backend, *args)
     b = _run(backend, args[0], args[1].to(torch.int32), *args[2:])
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend", BACKENDS + ["reference"])
+@pytest.mark.parametrize("id_dtype", [torch.int64, torch.int32], ids=["int64", "int32"])
+@pytest.mark.parametrize("T", [3, 40])  # decode and plan paths on Triton
+def test_int64_and_int32_ids_on_every_backend(backend, id_dtype, T):
+    # one contract for all backends: int64 and int32 ids, the same values
+    hidden, ids, w, gu, dn = make(T, 8, 2, torch.float32)
+    out = _run(backend, hidden, ids.to(id_dtype), w, gu, dn)
+    _close(out, loop64(hidden, ids, w, gu, dn), TOL[torch.float32]["loop"])
+    _close(out, ops.moe_experts(hidden, ids, w, gu, dn, backend="reference"), TOL[torch.float32]["ref"])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

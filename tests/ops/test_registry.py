@@ -225,6 +225,25 @@ def test_validation_is_remembered_per_signature_and_never_for_rejected_calls(mon
 
 
 @pytest.mark.parametrize("name", ALL_OPS)
+def test_public_signature_is_the_schemas_arguments_plus_backend(name):
+    """inspect.signature (help(), editors) shows the op's real parameters, not (*args, **kwargs), and a
+    call by those keywords works."""
+    op = ops.OPS[name]
+    assert getattr(ops, name) is op
+    sig = inspect.signature(op)
+    assert tuple(sig.parameters) == op.arg_names + ("backend",)
+    backend = sig.parameters["backend"]
+    assert backend.kind is inspect.Parameter.KEYWORD_ONLY and backend.default == "auto"
+    assert all(p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in sig.parameters.values())
+    assert str(sig).startswith(f"({op.arg_names[0]}") and "backend: str = 'auto'" in str(sig)
+    args = _example(name)
+    assert set(args) == set(op.arg_names)
+    out = op(**args, backend="torch" if "torch" in op.backends else "reference")
+    assert out is not None
+    sig.bind(**args, backend="torch")  # the signature accepts what the op accepts
+
+
+@pytest.mark.parametrize("name", ALL_OPS)
 def test_bind_equals_pythons_binding(name):
     """The op's own argument binding (its fast path) gives what inspect's binding gives, or raises TypeError
     where Python would: too many positional arguments, unknown or repeated keywords, missing arguments."""
