@@ -16,9 +16,11 @@ then re-views them into a new buffer (same checks as at patch time), or,
 where that is not possible, runs the separate GEMMs — never a wrong result. Under torch.compile the
 answer of the last eager check (True after patching) is used.
 
-Training: when grad is enabled and a projection weight requires grad, the separate GEMMs run (each
-on its own Parameter, a view of the buffer): the weight gradients are then exactly those of the
-unpatched model. The one GEMM serves inference (no_grad / inference_mode / frozen weights).
+Training: in training mode (grad enabled or not: a checkpointed recomputation must take the path of
+the first forward, which reentrant checkpointing runs under no_grad), or when grad is enabled and a
+projection weight requires grad, the separate GEMMs run (each on its own Parameter, a view of the
+buffer): the weight gradients are then exactly those of the unpatched model. The one GEMM serves
+inference (eval mode under no_grad / inference_mode, or frozen weights).
 
 Not fused (the layer keeps its separate GEMMs; the reason is in the module state's
 `extra["projections_note"]`): weights on the meta device (patch(meta_model); patch again after
@@ -37,6 +39,8 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .state import trains
 
 #: set False to keep the separate projection GEMMs (patch() then leaves the weights alone)
 FUSE_PROJECTIONS = True
@@ -148,7 +152,7 @@ def fused_linear(module: nn.Module, info: FusedProjections | None, x: torch.Tens
     """(out_0, out_1, ...) = each projection applied to x: one GEMM on the buffer when the weights are
     still views of it (the outputs are then column slices of one result), else one GEMM each."""
     mods = [getattr(module, n) for n in info.names] if info is not None else None
-    if mods is None or (torch.is_grad_enabled() and any(m.weight.requires_grad for m in mods)):
+    if mods is None or trains(module) or (torch.is_grad_enabled() and any(m.weight.requires_grad for m in mods)):
         return tuple(m(x) for m in mods) if mods is not None else None
     if not torch.compiler.is_compiling():
         key = _layout_key(mods, info)
