@@ -21,6 +21,12 @@ calls per layer instead of two norms and two adds:
     cache update are exactly what the original computes; only where the norm runs moves.
   * the first layer's `input_layernorm` runs as `add_rms_norm` without a residual.
 
+In training mode nothing is handed over: each layer computes its own `input_layernorm` (as the
+original does) and the last one leaves the final norm to itself. A handover crosses layers, and
+gradient checkpointing recomputes one layer alone: the recomputation would find no handed-over norm
+(a different graph than the first forward), and the norm handed over from a first forward that
+reentrant checkpointing runs under no_grad would carry no gradient.
+
 Found by structure: a layer with `input_layernorm` and `post_attention_layernorm` ((1 + w)-scaled
 RMSNorms: checked by running the module once on a probe row at patch time), `mlp`, and one of
 `linear_attn` / `self_attn`. The mixer is called the way the installed version's layer calls it:
@@ -39,7 +45,7 @@ from torch import nn
 
 from .. import ops
 from ..device import device_guard
-from .state import ModuleState, call_op
+from .state import ModuleState, call_op, trains
 
 #: the decoder layer forward's parameters this code knows how to pass on (any other: layer skipped)
 KNOWN_PARAMS = frozenset({"hidden_states", "position_embeddings", "attention_mask", "position_ids",
@@ -249,8 +255,9 @@ def decoder_forward(self, state: ModuleState, *args, **kwargs):
     """Drop-in forward of a decoder layer with the adds fused into the norms (see the module docstring)."""
     hidden_states, named, extra, cache = _split(state, args, kwargs)
     chain: NormChain = state.extra["chain"]
+    training = trains(self)
     with device_guard(hidden_states):
-        h = chain.take(hidden_states)
+        h = None if training else chain.take(hidden_states)
         if h is None:
             h, _ = _norm(state, hidden_states, None, self.input_layernorm)
         h = _mix(self, state, h, named, extra, cache)
@@ -259,7 +266,7 @@ def decoder_forward(self, state: ModuleState, *args, **kwargs):
         if isinstance(h, tuple):
             h = h[0]
         nxt = state.extra.get("next_norm")
-        if nxt is not None and nxt.weight.device == h.device and residual.dtype == h.dtype:
+        if not training and nxt is not None and nxt.weight.device == h.device and residual.dtype == h.dtype:
             normed, out = _norm(state, h, residual, nxt)
             chain.put(out, normed)
             return out
@@ -268,7 +275,7 @@ def decoder_forward(self, state: ModuleState, *args, **kwargs):
 
 def final_norm_forward(self, state: ModuleState, hidden_states):
     """Drop-in forward of the final (1 + w) RMSNorm: the value the last patched layer computed, or the op."""
-    normed = state.extra["chain"].take(hidden_states)
+    normed = None if trains(self) else state.extra["chain"].take(hidden_states)
     if normed is not None:
         return normed
     with device_guard(hidden_states):

@@ -16,9 +16,11 @@ then re-views them into a new buffer (same checks as at patch time), or,
 where that is not possible, runs the separate GEMMs — never a wrong result. Under torch.compile the
 answer of the last eager check (True after patching) is used.
 
-Training: when grad is enabled and a projection weight requires grad, the separate GEMMs run (each
-on its own Parameter, a view of the buffer): the weight gradients are then exactly those of the
-unpatched model. The one GEMM serves inference (no_grad / inference_mode / frozen weights).
+Training: in training mode (grad enabled or not: a checkpointed recomputation must take the path of
+the first forward, which reentrant checkpointing runs under no_grad), or when grad is enabled and a
+projection weight requires grad, the separate GEMMs run (each on its own Parameter, a view of the
+buffer): the weight gradients are then exactly those of the unpatched model. The one GEMM serves
+inference (eval mode under no_grad / inference_mode, or frozen weights).
 
 Not fused (the layer keeps its separate GEMMs; the reason is in the module state's
 `extra["projections_note"]`): weights on the meta device (patch(meta_model); patch again after
@@ -26,9 +28,15 @@ loading the weights to fuse them), on different devices or of different dtypes, 
 carry accelerate hooks (offload / device_map placement moves their weights), some but not all with
 a bias, or a projection that is not a plain 2-D weight linear.
 
+`state_dict()` hands out each fused projection weight (and bias) as a copy with its own storage
+(a state-dict post-hook of the layer, `own_storage`; `keep_vars=True` still gets the Parameters):
+what reads a state dict — transformers' tied-weights check and `save_pretrained`, safetensors —
+sees no storage shared between the projections, which are distinct weights, not tied ones. The
+copies cost the projections' bytes for as long as the state dict lives.
+
 `unfuse` (run by `unpatch()` through the module state's `on_uninstall`) gives every projection
 Parameter back its own contiguous storage with the same values: no shared storage remains (so
-safetensors can save the model).
+safetensors can save the model), and removes the state-dict hook.
 """
 from __future__ import annotations
 
@@ -37,6 +45,8 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .state import STATE_ATTR, trains
 
 #: set False to keep the separate projection GEMMs (patch() then leaves the weights alone)
 FUSE_PROJECTIONS = True
@@ -99,12 +109,13 @@ def fuse(module: nn.Module, layout: str) -> dict:
     if why is not None:
         return {"projections": None, "projections_note": why, "on_uninstall": unfuse}
     info = FusedProjections(tuple(names), tuple(int(w.shape[0]) for w in ws), has_bias, layout)
-    if _views_of_one_buffer(mods, info):  # already fused (a second patch() call)
-        return {"projections": info, "projections_note": "", "on_uninstall": unfuse}
-    with torch.no_grad():
-        _rebase([m.weight for m in mods], (sum(info.sizes), H))
-        if has_bias:
-            _rebase([m.bias for m in mods], (sum(info.sizes),))
+    if not _views_of_one_buffer(mods, info):  # else already fused (a second patch() call)
+        with torch.no_grad():
+            _rebase([m.weight for m in mods], (sum(info.sizes), H))
+            if has_bias:
+                _rebase([m.bias for m in mods], (sum(info.sizes),))
+    if not any(h is own_storage for h in module._state_dict_hooks.values()):
+        module.register_state_dict_post_hook(own_storage)
     return {"projections": info, "projections_note": "", "on_uninstall": unfuse}
 
 
@@ -148,7 +159,7 @@ def fused_linear(module: nn.Module, info: FusedProjections | None, x: torch.Tens
     """(out_0, out_1, ...) = each projection applied to x: one GEMM on the buffer when the weights are
     still views of it (the outputs are then column slices of one result), else one GEMM each."""
     mods = [getattr(module, n) for n in info.names] if info is not None else None
-    if mods is None or (torch.is_grad_enabled() and any(m.weight.requires_grad for m in mods)):
+    if mods is None or trains(module) or (torch.is_grad_enabled() and any(m.weight.requires_grad for m in mods)):
         return tuple(m(x) for m in mods) if mods is not None else None
     if not torch.compiler.is_compiling():
         key = _layout_key(mods, info)
@@ -167,15 +178,38 @@ def fused_linear(module: nn.Module, info: FusedProjections | None, x: torch.Tens
     return F.linear(x, weight, bias).split_with_sizes(info.sizes, dim=-1)
 
 
+def _in_larger_storage(t) -> bool:
+    """`t` is a view into a storage that holds more than `t` (the fused buffer)."""
+    return isinstance(t, torch.Tensor) and t.device.type != "meta" and \
+        t.untyped_storage().nbytes() > t.numel() * t.element_size()
+
+
+def _projection_names(module: nn.Module):
+    st = module.__dict__.get(STATE_ATTR)
+    return LAYOUT_PROJECTIONS.get(st.extra.get("layout"), ()) if st is not None else ()
+
+
+def own_storage(module: nn.Module, state_dict: dict, prefix: str, local_metadata) -> None:
+    """State-dict post-hook of a layer with fused projections: each projection weight / bias that is a
+    view of the fused buffer goes into the state dict as a contiguous copy (Parameters, which
+    `keep_vars=True` asks for, stay as they are)."""
+    for n in _projection_names(module):
+        for leaf in ("weight", "bias"):
+            key = f"{prefix}{n}.{leaf}"
+            t = state_dict.get(key)
+            if not isinstance(t, nn.Parameter) and _in_larger_storage(t):
+                state_dict[key] = t.clone(memory_format=torch.contiguous_format)
+
+
 def unfuse(module: nn.Module) -> None:
     """Give every projection Parameter that is a view into a larger storage (the fused buffer) its own
-    contiguous storage: same values, same Parameter objects, no storage shared any more."""
-    st = module.__dict__.get("_interns2_fast")
-    names = LAYOUT_PROJECTIONS.get(st.extra.get("layout")) if st is not None else None
+    contiguous storage: same values, same Parameter objects, no storage shared any more; remove the
+    state-dict hook."""
     with torch.no_grad():
-        for n in names or ():
+        for n in _projection_names(module):
             m = getattr(module, n, None)
             for p in (getattr(m, "weight", None), getattr(m, "bias", None)):
-                if isinstance(p, torch.Tensor) and p.device.type != "meta" and \
-                        p.untyped_storage().nbytes() > p.numel() * p.element_size():
+                if _in_larger_storage(p):
                     p.data = p.data.clone(memory_format=torch.contiguous_format)
+    for key in [k for k, h in module._state_dict_hooks.items() if h is own_storage]:
+        del module._state_dict_hooks[key]

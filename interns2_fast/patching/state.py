@@ -292,6 +292,14 @@ def verified_module_call(module: nn.Module, state: ModuleState, patched_fn: Call
 
 # --- op calls of patched forwards -----------------------------------------------------------------
 
+def trains(module: nn.Module) -> bool:
+    """A module in training mode runs the differentiable reference path (the ops have no backward
+    kernels), with grad enabled or not: reentrant gradient checkpointing runs a layer's first forward
+    under no_grad and its recomputation with grad, and both must take the same path (same values,
+    same saved tensors). The path must therefore never depend on the grad mode alone in training."""
+    return module.training
+
+
 #: when set (a dict), every op call of a patched module records its first call per (op, phase) here:
 #: the demo times the ops on the shapes a real forward produced.
 OP_RECORDER: contextvars.ContextVar[dict | None] = contextvars.ContextVar("interns2_fast_op_recorder", default=None)
@@ -371,16 +379,20 @@ def _mutated_originals(op, args, kwargs, names) -> dict:
 def call_op(state: ModuleState, family: str, op, *args, **kwargs):
     """Run `op` (an `interns2_fast.ops` op) for a patched module, on the backend the patch chose.
 
+    A module in training mode (`trains`) runs the reference backend, without verify.
+
     verify mode: the first call of each op in this module also runs the reference backend (on
     copies of the arguments the op mutates) and compares outputs and updated states; beyond
     tolerance — or when the patched backend raises or returns another dtype/shape — the reference
     results are used (copied into the mutated arguments) and the module goes back to the reference
     path after this call.
     """
-    backend = state.backend(op.name)
+    training = trains(state.module)
+    backend = "reference" if training else state.backend(op.name)
     if not torch.compiler.is_compiling():
         record_call(family, op, args, kwargs, backend)
-    if not state.active:  # verify rejected an op earlier in this very call: finish it on the reference path
+    # training, or verify rejected an op earlier in this very call (finish it on the reference path)
+    if not state.active or training:
         return op(*args, backend="reference", **kwargs)
     if not state.verify or op.name in state.verified:
         return op(*args, backend=backend, **kwargs)

@@ -5,10 +5,13 @@ identical to the unpatched model in fp32; the projection weights are adjacent ro
 the model holds no second copy (the bytes of all parameter storages are unchanged); the projection
 modules' own forwards no longer run; state_dict keys and values unchanged; unpatch gives every
 Parameter (the same objects) its own contiguous storage; deepcopy / pickle / torch.save copies compute
-with their own weights; and the cases that must keep separate GEMMs (meta weights, hooks, dtype mismatch,
+with their own weights; the state dict shows no shared storage (transformers' tied-weights check
+passes) and save_pretrained / from_pretrained round-trips; and the cases that must keep separate GEMMs (meta weights, hooks, dtype mismatch,
 weights separated after patching) do so with the right result.
 """
+import collections
 import copy
+import re
 
 import pytest
 import torch
@@ -263,3 +266,69 @@ def test_grad_enabled_training_runs_the_separate_gemms_with_correct_grads(model_
     for n in want:
         torch.testing.assert_close(got[n], want[n], rtol=1e-4, atol=1e-5, msg=n)
     model.zero_grad(set_to_none=True)
+
+
+def _tied_weights_check(model):
+    """transformers' own `ModelTesterMixin.test_tied_weights_keys` condition on `model`: every group of
+    state-dict entries that share a storage must be declared in `_tied_weights_keys`, all but one."""
+    from transformers.modeling_utils import _get_tied_weight_keys
+    from transformers.pytorch_utils import id_tensor_storage
+
+    tied_weight_keys = _get_tied_weight_keys(model)
+    ptrs = collections.defaultdict(list)
+    for name, tensor in model.state_dict().items():
+        ptrs[id_tensor_storage(tensor)].append(name)
+    tied_params = [names for names in ptrs.values() if len(names) > 1]
+    for key in tied_weight_keys:
+        assert any(re.search(key, p) for group in tied_params for p in group), \
+            f"{key} is not a tied weight key pattern; with same params: {tied_params}"
+    for key in tied_weight_keys:
+        tied_params = [[p for p in group if re.search(key, p) is None] for group in tied_params]
+    assert [group for group in tied_params if len(group) > 1] == [], "undeclared tied weights"
+
+
+def _tied_model(family):
+    config = models.tiny_config(family)
+    config.tie_word_embeddings = True  # as transformers' test builds it
+    return models.build_causal_lm(family, config)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_transformers_tied_weights_check_passes_on_a_patched_model(family):
+    model = _tied_model(family)
+    _tied_weights_check(model)
+    interns2_fast.patch(model)
+    states = _gdn_states(model)
+    assert states
+    for st in states:
+        _assert_one_buffer(st)  # still fused: only the state dict hands out copies
+    _tied_weights_check(model)
+    sd, params = model.state_dict(keep_vars=True), dict(model.named_parameters())
+    assert all(sd[n] is p for n, p in params.items() if n in sd)  # keep_vars: the Parameters themselves
+    interns2_fast.unpatch(model)
+    assert all(not m._state_dict_hooks for m in model.modules())
+    _tied_weights_check(model)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_save_pretrained_round_trip_of_a_patched_model(family, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = models.build_causal_lm(family)
+    ids = _ids(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    interns2_fast.patch(model)
+    with torch.no_grad():
+        want = model(ids).logits
+    model.save_pretrained(tmp_path)
+    for st in _gdn_states(model):
+        _assert_one_buffer(st)  # saving left the buffer alone
+    back = AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=True,
+                                                attn_implementation="eager").eval()
+    got = back.state_dict()
+    assert got.keys() == before.keys()
+    for k in before:
+        assert torch.equal(got[k], before[k]), k
+    interns2_fast.patch(back)
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids).logits, want, atol=0, rtol=0)

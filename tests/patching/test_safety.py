@@ -61,6 +61,34 @@ def test_training_gradients_equal_the_unpatched_model(family, backend, model_fac
             torch.testing.assert_close(g, want[name], **GRAD_TOL, msg=f"{family}/{backend}: grad of {name}")
 
 
+def _rel(got, want):
+    return ((got - want).norm() / want.norm().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("reentrant", [False, True], ids=["non_reentrant", "reentrant"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gradient_checkpointing_trains_like_the_unpatched_model(family, reentrant, model_factory):
+    # reentrant checkpointing runs each layer's first forward under no_grad and recomputes it with grad:
+    # both must take the same path, and no layer may hand its next norm over to the next layer
+    model = model_factory(family)
+    ids = _ids(model)
+    model.train()
+    try:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+        want_loss, want = _grads(model, ids)
+        interns2_fast.patch(model)
+        got_loss, got = _grads(model, ids)
+    finally:
+        model.gradient_checkpointing_disable()
+        model.eval()
+    assert abs(got_loss.item() - want_loss.item()) <= 1e-5 * abs(want_loss.item())
+    for name, g in got.items():
+        if want[name] is None:
+            continue
+        assert g is not None, f"{family}: no gradient for {name} after patching"
+        assert _rel(g, want[name]) <= 1e-3, f"{family}: grad of {name} off by {_rel(g, want[name]):.3g} (relative norm)"
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_grad_enabled_forward_and_generate_work(family, model_factory):
     model = model_factory(family)
