@@ -80,6 +80,26 @@ def _assert_one_sentence(proc, *needles):
         assert needle in lines[0], lines[0]
 
 
+def _import_warns(root, then: str):
+    """`import interns2_fast` (every warning shown), then `then`: the RuntimeWarning lines and stdout."""
+    code = f"import warnings\nwarnings.simplefilter('always')\nimport interns2_fast\nfrom interns2_fast import device\n{then}\n"
+    proc = _run([sys.executable, "-c", code], root)
+    assert proc.returncode == 0, proc.stderr
+    return [line for line in proc.stderr.splitlines() if "RuntimeWarning: interns2_fast:" in line], proc.stdout
+
+
+def _commands_say(root, commands, *needles):
+    """Each command exits 2 without a traceback, printing one `interns2-fast <command>:` sentence with the needles."""
+    if not CLI.exists():
+        pytest.skip(f"console script {CLI} not installed")
+    for argv in commands:
+        proc = _run([str(CLI), *argv], root)
+        assert proc.returncode == 2, (proc.stdout, proc.stderr)
+        assert "Traceback" not in proc.stderr, proc.stderr
+        sentences = [line for line in proc.stderr.splitlines() if line.startswith(f"interns2-fast {argv[0]}:")]
+        assert len(sentences) == 1 and all(needle in sentences[0] for needle in needles), proc.stderr
+
+
 LIBRARY_CHECK = """
 import interns2_fast
 from interns2_fast import device
@@ -117,20 +137,10 @@ def test_torch_npu_autoloaded_without_cann(tmp_path):
 
 def test_mixed_nvidia_and_ascend_install_warns_on_import_and_commands_exit_2(tmp_path):
     root = _fake_mixed_triton(tmp_path)
-    code = ("import warnings\nwarnings.simplefilter('always')\nimport interns2_fast\nfrom interns2_fast import device\n"
-            "assert device.triton_flavour() is None\nprint('OK', device.triton_install_problem())\n")
-    proc = _run([sys.executable, "-c", code], root)
-    assert proc.returncode == 0, proc.stderr
-    assert "RuntimeWarning: interns2_fast: NVIDIA triton and triton-ascend" in proc.stderr
-    assert device.TRITON_REPAIR in proc.stderr and proc.stdout.startswith("OK ")
-    if not CLI.exists():
-        pytest.skip(f"console script {CLI} not installed")
-    for argv in (["info"], ["lower"]):
-        proc = _run([str(CLI), *argv], root)
-        assert proc.returncode == 2, proc.stderr
-        assert "Traceback" not in proc.stderr
-        sentences = [line for line in proc.stderr.splitlines() if line.startswith(f"interns2-fast {argv[0]}:")]
-        assert len(sentences) == 1 and device.TRITON_REPAIR in sentences[0], proc.stderr
+    warned, out = _import_warns(root, "assert device.triton_flavour() is None\nprint('OK', device.triton_install_problem())")
+    assert len(warned) == 1 and "NVIDIA triton and triton-ascend" in warned[0] and device.TRITON_REPAIR in warned[0]
+    assert out.startswith("OK ")
+    _commands_say(root, (["info"], ["lower"]), device.TRITON_REPAIR)
 
 
 KERNELS_ERROR = "Either a revision or a version must be specified."
@@ -203,23 +213,12 @@ def test_kernels_check_never_raises(monkeypatch, _fresh_kernels_check):
 def test_mismatched_kernels_warns_on_import_and_commands_exit_2(tmp_path):
     """The real transformers importing a `kernels` that fails as 0.19.1 does under transformers 5.2."""
     root = _fake_mismatched_kernels(tmp_path)
-    code = ("import warnings\nwarnings.simplefilter('always')\nimport interns2_fast\n"
-            "print('OK', interns2_fast.device.kernels_install_problem())\n")
-    proc = _run([sys.executable, "-c", code], root)
-    assert proc.returncode == 0, proc.stderr
-    warned = [line for line in proc.stderr.splitlines() if "RuntimeWarning: interns2_fast:" in line]
-    assert len(warned) == 1, proc.stderr
+    warned, out = _import_warns(root, "print('OK', device.kernels_install_problem())")
+    assert len(warned) == 1, warned
     for needle in ("transformers 5.2.0", "kernels 0.19.1", KERNELS_ERROR, '"kernels<0.11,>=0.10.2"'):
         assert needle in warned[0], warned[0]
-    assert proc.stdout.startswith("OK transformers 5.2.0 cannot import its Qwen3.5 modeling"), proc.stdout
-    if not CLI.exists():
-        pytest.skip(f"console script {CLI} not installed")
-    for argv in (["info"], ["demo"]):
-        proc = _run([str(CLI), *argv], root)
-        assert proc.returncode == 2, (proc.stdout, proc.stderr)
-        assert "Traceback" not in proc.stderr and "Warning" not in proc.stderr, proc.stderr
-        sentences = [line for line in proc.stderr.splitlines() if line.startswith(f"interns2-fast {argv[0]}:")]
-        assert len(sentences) == 1 and "kernels 0.19.1" in sentences[0] and "pip uninstall -y kernels" in sentences[0]
+    assert out.startswith("OK transformers 5.2.0 cannot import its Qwen3.5 modeling"), out
+    _commands_say(root, (["info"], ["demo"]), "kernels 0.19.1", "pip uninstall -y kernels")
 
 
 def test_this_environment_is_clean():
