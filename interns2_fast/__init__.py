@@ -38,10 +38,13 @@ except Exception as _exc:  # noqa: BLE001
 
 from . import device as _device
 
-if _device.triton_install_problem() and not _CONSOLE_SCRIPT:  # a warning, never an import failure: the PyTorch paths still work
-    import warnings as _warnings
+# Broken installs found without importing anything heavy: a warning each, never an import failure (the
+# PyTorch paths still work; transformers' Qwen3.5 modeling fails on its own import with a mismatched kernels).
+for _problem in () if _CONSOLE_SCRIPT else (_device.triton_install_problem(), _device.kernels_install_problem()):
+    if _problem:
+        import warnings as _warnings
 
-    _warnings.warn(f"interns2_fast: {_device.triton_install_problem()}", RuntimeWarning, stacklevel=2)
+        _warnings.warn(f"interns2_fast: {_problem}", RuntimeWarning, stacklevel=2)
 
 from . import ops
 from .numerics import NumericsReport, check

@@ -102,7 +102,7 @@ def main(argv=None, *, configs=None) -> int:
         for problem in problems:
             print(f"interns2-fast info: {problem}", file=sys.stderr)
         return 2 if problems else status
-    if problems:  # a half-installed torch_npu or a mixed triton: one sentence each, exit 2
+    if problems:  # a half-installed torch_npu, a mixed triton or a kernels transformers cannot import: one sentence each, exit 2
         for problem in problems:
             print(f"interns2-fast {args.command}: {problem}", file=sys.stderr)
         return 2

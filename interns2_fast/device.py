@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import importlib.metadata
 import importlib.util
 import os
@@ -61,6 +62,72 @@ def triton_install_problem() -> str | None:
     return None
 
 
+#: Hugging Face `kernels` releases that break `import transformers.models.qwen3_5_moe.modeling_qwen3_5_moe`,
+#: as (transformers releases, kernels releases that break them, kernels to install when the installed
+#: transformers declares no range). Measured by that import with each pair installed (torch 2.13 CPU):
+#: transformers 5.2.0, 5.3.0, 5.5.4, 5.8.1, 5.10.4, 5.11.0 and 5.12.1 fail with kernels 0.15.1 and later
+#: (`ValueError: Either a revision or a version must be specified.` from transformers'
+#: integrations/hub_kernels.py, which builds its kernel mapping without a revision) and import with
+#: kernels 0.14.1 and earlier or none; transformers 5.13.0 and later (5.13.1, 5.14.1, 5.15.1, 5.24.0,
+#: 5.25.0 measured) import with every kernels from 0.10.4 to 0.19.1, skipping one outside the range
+#: they declare, and 5.25.0 without kernels too (although pip requires kernels>=0.19.1,<0.20 there).
+KERNELS_BREAKS = (("<5.13", ">=0.15", "kernels<0.15"),)
+
+
+def _declared_kernels_requirement() -> str | None:
+    """The `kernels` range the installed transformers declares for its `kernels` extra, e.g. 'kernels<0.11,>=0.10.2'."""
+    from packaging.requirements import Requirement
+
+    for text in importlib.metadata.requires("transformers") or ():
+        requirement = Requirement(text)
+        if requirement.name == "kernels" and (requirement.marker is None or requirement.marker.evaluate({"extra": "kernels"})):
+            return f"kernels{requirement.specifier}"
+    return None
+
+
+def _hub_kernels_import_error() -> str | None:
+    """What importing transformers' `kernels` integration raises (one line), or None when it imports.
+
+    The Qwen3.5 modeling imports it first thing, so this is the failure a user would hit there."""
+    try:
+        importlib.import_module("transformers.integrations.hub_kernels")
+    except Exception as exc:  # noqa: BLE001  (any failure is the answer)
+        return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def kernels_install_problem() -> str | None:
+    """One sentence when the installed transformers cannot import its Qwen3.5 modeling because of the
+    installed Hugging Face `kernels` release (see `KERNELS_BREAKS`), naming both versions and what to run; or None.
+
+    Decided by the versions' metadata first (nothing is imported for a pair the table does not name) and,
+    for a pair it names, by importing transformers' `kernels` integration. Never raises.
+    """
+    try:
+        from packaging.specifiers import SpecifierSet
+        from packaging.version import Version
+
+        transformers_version, kernels_version = _dist_version("transformers"), _dist_version("kernels")
+        if transformers_version is None or kernels_version is None:
+            return None
+        for transformers_range, breaking, fallback in KERNELS_BREAKS:
+            if (Version(transformers_version) in SpecifierSet(transformers_range)
+                    and Version(kernels_version) in SpecifierSet(breaking)):
+                break
+        else:
+            return None
+        error = _hub_kernels_import_error()
+        if error is None:
+            return None
+        requirement = _declared_kernels_requirement() or fallback
+        return (f"transformers {transformers_version} cannot import its Qwen3.5 modeling with kernels {kernels_version} "
+                f"installed ({error}): run `pip uninstall -y kernels` (transformers {transformers_version} runs "
+                f"without it) or `pip install \"{requirement}\"`")
+    except Exception:  # noqa: BLE001  (a check must never be the thing that breaks)
+        return None
+
+
 @functools.lru_cache(maxsize=None)
 def triton_flavour() -> str | None:
     """'ascend' for triton-ascend, 'nvidia' for upstream Triton, None when Triton is absent or broken
@@ -104,7 +171,7 @@ def npu_problem() -> str | None:
 
 def environment_problems() -> list[str]:
     """Every known broken-install state, one sentence each naming the cause and what to run."""
-    return [p for p in (triton_install_problem(), npu_problem()) if p]
+    return [p for p in (triton_install_problem(), kernels_install_problem(), npu_problem()) if p]
 
 
 def triton_usable(device: torch.device) -> bool:
@@ -192,4 +259,5 @@ def describe() -> dict:
         info["transformers"] = transformers.__version__
     except ImportError:
         info["transformers"] = None
+    info["kernels"] = _dist_version("kernels")  # Hugging Face's package, which transformers imports
     return info

@@ -44,6 +44,14 @@ if [ "$TRANSFORMERS_REQ" = "transformers" ]; then
 else
   "${PIP[@]}" install "$TRANSFORMERS_REQ"
 fi
+# Hugging Face's `kernels` stays when transformers changes: one pulled by transformers 5.25 (which
+# requires it) breaks the Qwen3.5 modeling import of transformers < 5.13, which does not need it, so it
+# goes (device.KERNELS_BREAKS holds the measured pairs; the check imports nothing for a good pair).
+if "$VENV/bin/python" -m pip show -q kernels > /dev/null 2>&1 && ! TORCH_DEVICE_BACKEND_AUTOLOAD=0 "$VENV/bin/python" -W ignore -c \
+    'import sys; from interns2_fast import device; sys.exit(1 if device.kernels_install_problem() else 0)'; then
+  echo "[setup] removing kernels $("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("kernels"))'), which this transformers cannot import its Qwen3.5 modeling with"
+  "${PIP[@]}" uninstall -y kernels
+fi
 # NVIDIA triton (pulled by x86 torch) and triton-ascend share `triton/`: keep triton-ascend alone.
 if "$VENV/bin/python" -m pip show -q triton > /dev/null 2>&1; then
   echo "[setup] removing NVIDIA triton (a dependency of $TORCH_REQ here) and reinstalling $TRITON_ASCEND_REQ alone"
@@ -53,9 +61,10 @@ fi
 TORCH_DEVICE_BACKEND_AUTOLOAD="${TORCH_DEVICE_BACKEND_AUTOLOAD:-0}" "$VENV/bin/python" - <<'PY'
 import torch, transformers, triton
 from interns2_fast import device
-problem = device.triton_install_problem()
-assert problem is None, problem
+for problem in (device.triton_install_problem(), device.kernels_install_problem()):
+    assert problem is None, problem
 assert device.triton_flavour() == "ascend", f"triton flavour {device.triton_flavour()!r}, expected 'ascend'"
+import transformers.models.qwen3_5_moe.modeling_qwen3_5_moe  # what a mismatched kernels breaks
 print(f"[setup] torch {torch.__version__}, transformers {transformers.__version__}, "
       f"triton-ascend {triton.__version__} (import triton works)")
 PY

@@ -229,3 +229,15 @@ def test_tokenizer_precheck_leaves_custom_tokenizers_to_transformers(tmp_path):
     custom = _write_config(tmp_path / "custom", {})
     (custom / "qwen.tiktoken").write_text("")
     assert _may_hold_a_tokenizer(str(custom))
+
+
+@pytest.mark.parametrize("argv", [["info"], ["lower"], ["check"]])
+def test_kernels_mismatch_stops_every_command(capsys, monkeypatch, argv):
+    """A transformers / kernels pair that cannot import the Qwen3.5 modeling: its sentence, exit status 2."""
+    from interns2_fast import device
+
+    sentence = ("transformers 5.2.0 cannot import its Qwen3.5 modeling with kernels 0.19.1 installed (ValueError: "
+                "Either a revision or a version must be specified.): run `pip uninstall -y kernels`")
+    monkeypatch.setattr(device, "kernels_install_problem", lambda: sentence)
+    assert cli.main(argv) == 2
+    assert f"interns2-fast {argv[0]}: {sentence}" in capsys.readouterr().err.splitlines()
