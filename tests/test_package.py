@@ -10,6 +10,14 @@ import torch
 from interns2_fast import device
 
 
+def run_python(code: str, cwd) -> str:
+    """stdout of a fresh interpreter running `code` in `cwd` (no PYTHONPATH), which must succeed."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
 def test_kernels_is_a_subpackage_and_no_top_level_kernels(tmp_path):
     # Run from a neutral folder: the repo root itself is on sys.path when Python starts there.
     code = (
@@ -19,10 +27,7 @@ def test_kernels_is_a_subpackage_and_no_top_level_kernels(tmp_path):
         "assert spec is None or pathlib.Path(spec.origin or '/').resolve().parent != root / 'kernels', spec\n"
         "print(interns2_fast.kernels.__name__)\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "interns2_fast.kernels"
+    assert run_python(code, tmp_path) == "interns2_fast.kernels"
 
 
 def test_repository_root_import_of_kernels_is_hugging_faces_package():
@@ -45,10 +50,7 @@ def test_repository_root_import_of_kernels_is_hugging_faces_package():
         "import interns2_fast.kernels\n"
         "print('ours', interns2_fast.kernels.__name__, len(interns2_fast.kernels.KERNEL_MODULES))\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, env=env)
-    assert proc.returncode == 0, proc.stderr
-    first, ours = proc.stdout.strip().splitlines()
+    first, ours = run_python(code, root).splitlines()
     if hf is None:
         assert first == "missing kernels"
     else:
