@@ -124,6 +124,9 @@ def _gdn_forward(self, state, protocol, hidden_states, cache, cache_position, at
         if conv_state is not None and T == 1 and not recording:
             mixed_qkv = call_op(state, "conv", ops.causal_conv1d_update, mixed_qkv, conv_state, weight, bias,
                                 activation)
+            count = getattr(cache, "increase_count", None)
+            if callable(count):  # 5.25: the in-place update is counted here (what get_seq_length reads)
+                count(i, 0)
         else:
             mixed_qkv = cache.update_conv_state(mixed_qkv, i, conv_kernel_size=W)
             mixed_qkv = call_op(state, "conv", ops.causal_conv1d_fn, mixed_qkv, weight, bias, activation=activation)

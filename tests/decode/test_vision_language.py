@@ -58,8 +58,10 @@ def test_greedy_tokens_equal_the_unpatched_model(family, batch, prompt):
     inputs = text_prompt(batch) if prompt == "text" else image_prompt(model, batch)
     ref, got = run_both(model, inputs, max_new_tokens=12, do_sample=False)
     assert torch.equal(got, ref)
-    if prompt == "image":  # the image really shifted the mrope rows (rope_deltas != 0)
-        assert model.model.rope_deltas is not None and bool((model.model.rope_deltas != 0).any())
+    positions = settings_of(model).last_runtime().step.position_ids  # [4, B, 1]: text row, then mrope t / h / w
+    assert positions.shape == (4, batch, 1)
+    # an image compresses its tokens in the mrope rows: they run behind the text row; text-only: all equal
+    assert bool((positions[1:] < positions[:1]).any()) == (prompt == "image")
 
 
 @pytest.mark.parametrize("family", models.VLM_FAMILIES)
