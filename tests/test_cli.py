@@ -184,6 +184,7 @@ def test_attn_implementation_rejected_at_load_time_is_named_too(remote_dir, caps
     assert "not supported as a causal language model" not in line
 
 
+@pytest.mark.stand_in
 @pytest.mark.parametrize("command", ["check", "generate"])
 def test_model_folder_without_tokenizer_files(tmp_path, capsys, command):
     path = models.intern_s2_remote_code_dir(tmp_path / "m")  # config, code and weights; no tokenizer
