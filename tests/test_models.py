@@ -36,6 +36,7 @@ def test_tiny_models_run_and_are_conditioned(family):
         assert routers and all(p.abs().max() > 0 for p in routers)
 
 
+@pytest.mark.stand_in
 def test_remote_code_stand_in_is_loaded_as_a_dynamic_module():
     model = models.build_causal_lm("interns2_remote")  # the text-only class of the same remote code
     assert type(model).__name__ == "InternS2PreviewForCausalLM"
