@@ -15,6 +15,8 @@ setup(
         "interns2_fast.kernels",
     ],
     package_dir={"interns2_fast": "interns2_fast", "interns2_fast.kernels": "kernels"},
+    # the Intern-S2-Preview remote-code stand-in (generated from transformers 5.2.0; data, never imported)
+    package_data={"interns2_fast": ["intern_s2_stand_in/*.py"]},
     install_requires=["torch>=2.5", "transformers>=5.2.0", "rich", "tqdm"],
     extras_require={
         "npu": ["torch_npu", "triton-ascend"],

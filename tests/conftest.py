@@ -17,6 +17,20 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
+def pytest_runtest_setup(item):
+    """Tests of the Intern-S2-Preview remote-code stand-in (the `interns2_remote` family, a `remote_dir`
+    fixture, the `stand_in` marker) skip where its transformers 5.2.0-derived code cannot run unpatched,
+    with the reason (e.g. an import error on a newer transformers)."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    family = any(isinstance(v, str) and v == "interns2_remote" for v in params.values())
+    if family or "remote_dir" in getattr(item, "fixturenames", ()) or item.get_closest_marker("stand_in"):
+        from interns2_fast import models
+
+        reason = models.stand_in_unavailable()
+        if reason is not None:
+            pytest.skip(reason)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -41,7 +41,7 @@ def test_check_with_model_path(remote_dir, capsys):
     rc = cli.main(["check", "--model-path", str(remote_dir), "--markdown", "--attn-implementation", "eager"])
     out = capsys.readouterr().out
     assert rc == 0, out
-    assert "reference p" in out and "InternS2PreviewForCausalLM" in out
+    assert "reference p" in out and "InternS2PreviewForConditionalGeneration" in out  # the checkpoint's class
 
 
 @pytest.mark.parametrize("extra", [["--no-thinking"], ["--no-patch", "--enable-thinking"]])
@@ -51,11 +51,24 @@ def test_generate_streams_and_reports(remote_dir, capsys, extra):
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert "devices found" in captured.err and "cpu" in captured.err
-    assert "loaded InternS2PreviewForCausalLM in" in captured.err
+    assert "loaded InternS2PreviewForConditionalGeneration in" in captured.err
     assert "first generation" in captured.err and "repeated generation" in captured.err
     assert captured.err.count("tokens/s") == 2
     assert ("not patched" in captured.err) == ("--no-patch" in extra)
     assert captured.out.endswith("\n")  # TextStreamer printed the (random-model) reply and its final newline
+
+
+def test_generate_on_the_vision_language_stand_in_streams_the_unpatched_reply(remote_dir, capsys):
+    """The folder holds InternS2PreviewForConditionalGeneration (as the checkpoint): the patched model
+    (static decode on its [4, B, T] positions) streams the same greedy reply as the unpatched one."""
+    replies = []
+    for extra in ([], ["--no-patch"]):
+        rc = cli.main(["generate", "--model-path", str(remote_dir), "--prompt", "1 + 1 =", "--max-new-tokens", "10",
+                       "--dtype", "fp32", "--attn-implementation", "eager", "--repeat", "0", *extra])
+        captured = capsys.readouterr()
+        assert rc == 0, captured.err
+        replies.append(captured.out)
+    assert replies[0] == replies[1]
 
 
 def _write_config(path, config):
@@ -184,6 +197,7 @@ def test_attn_implementation_rejected_at_load_time_is_named_too(remote_dir, caps
     assert "not supported as a causal language model" not in line
 
 
+@pytest.mark.stand_in
 @pytest.mark.parametrize("command", ["check", "generate"])
 def test_model_folder_without_tokenizer_files(tmp_path, capsys, command):
     path = models.intern_s2_remote_code_dir(tmp_path / "m")  # config, code and weights; no tokenizer

@@ -1,6 +1,9 @@
 """The model fixtures build, run, and look like Intern-S2 where it matters."""
+import json
+
 import pytest
 import torch
+import transformers
 
 from interns2_fast import models
 
@@ -33,12 +36,44 @@ def test_tiny_models_run_and_are_conditioned(family):
         assert routers and all(p.abs().max() > 0 for p in routers)
 
 
+@pytest.mark.stand_in
 def test_remote_code_stand_in_is_loaded_as_a_dynamic_module():
-    model = models.build_causal_lm("interns2_remote")
+    model = models.build_causal_lm("interns2_remote")  # the text-only class of the same remote code
     assert type(model).__name__ == "InternS2PreviewForCausalLM"
     assert type(model).__module__.startswith("transformers_modules.")
     layer = model.model.layers[0]
     assert hasattr(layer.linear_attn, "in_proj_qkv") and layer.mlp.experts.gate_up_proj.dim() == 3
+
+
+@pytest.mark.stand_in
+@pytest.mark.parametrize("auto", ["AutoModelForCausalLM", "AutoModelForImageTextToText"])
+def test_remote_code_stand_in_loads_as_the_vision_language_class(tmp_path, auto):
+    """As the checkpoint: AutoModelForCausalLM (what the README uses) and AutoModelForImageTextToText both
+    give `InternS2PreviewForConditionalGeneration` (a vision tower + model.language_model + lm_head)."""
+    import transformers
+
+    from interns2_fast.decode.step import find_parts
+
+    path = models.intern_s2_remote_code_dir(tmp_path / "m")
+    config = json.loads((path / "config.json").read_text())
+    assert config["architectures"] == ["InternS2PreviewForConditionalGeneration"]
+    assert config["model_type"] == "interns2_preview" and {"text_config", "vision_config"} <= config.keys()
+    model = getattr(transformers, auto).from_pretrained(path, trust_remote_code=True, dtype=torch.float32)
+    assert type(model).__name__ == "InternS2PreviewForConditionalGeneration"
+    assert type(model).__module__.startswith("transformers_modules.")
+    assert type(model.model.visual).__name__ == "InternS2PreviewVisionModel"
+    layers = model.model.language_model.layers
+    assert len(layers) == 4 and hasattr(layers[0].linear_attn, "in_proj_qkv")
+    parts = find_parts(model)
+    assert not isinstance(parts, str), parts
+    assert parts.layers == list(layers) and parts.kinds == ["linear"] * 3 + ["attention"]
+
+
+@pytest.mark.skipif(transformers.__version__ != models.STAND_IN_SOURCE_VERSION,
+                    reason=f"the stand-in is rendered from transformers {models.STAND_IN_SOURCE_VERSION}'s source")
+def test_shipped_stand_in_is_the_renamed_transformers_source():
+    for name, text in models.render_stand_in_sources().items():
+        assert (models.STAND_IN_DIR / name).read_text() == text, f"regenerate {name}: models.write_stand_in_sources()"
 
 
 def test_full_width_layer_shapes():
