@@ -12,6 +12,7 @@ setup(
         "interns2_fast.ops",
         "interns2_fast.torch_impl",
         "interns2_fast.patching",
+        "interns2_fast.decode",
         "interns2_fast.kernels",
     ],
     package_dir={"interns2_fast": "interns2_fast", "interns2_fast.kernels": "kernels"},

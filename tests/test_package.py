@@ -59,6 +59,18 @@ def test_repository_root_import_of_kernels_is_hugging_faces_package():
     assert ours.startswith("ours interns2_fast.kernels ")
 
 
+def test_setup_lists_every_subpackage():
+    """A wheel holds only the packages setup.py names: every folder of interns2_fast/ with an __init__.py."""
+    import ast
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    setup_call = next(n for n in ast.walk(ast.parse((root / "setup.py").read_text()))
+                      if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "setup")
+    listed = set(ast.literal_eval(next(k.value for k in setup_call.keywords if k.arg == "packages")))
+    found = {".".join(p.parent.relative_to(root).parts) for p in (root / "interns2_fast").rglob("__init__.py")}
+    assert found | {"interns2_fast.kernels"} == listed
+
+
 def test_device_module_cpu_facts():
     cpu = torch.device("cpu")
     assert device.persistent_grid(cpu, 1, cube=True) == 1
