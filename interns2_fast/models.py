@@ -176,8 +176,19 @@ def image_prompt(config, lengths, *, grid=(1, 4, 4), image_at: int = 2, seed: in
         attention_mask[b, width - len(r):] = 1
     patch_dim = vision.in_channels * vision.temporal_patch_size * vision.patch_size ** 2
     pixel_values = torch.randn(len(rows) * t * h * w, patch_dim, generator=gen)
-    return dict(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
-                image_grid_thw=torch.tensor([list(grid)] * len(rows)))
+    out = dict(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
+               image_grid_thw=torch.tensor([list(grid)] * len(rows)))
+    if _rope_index_takes_token_types():  # 5.15 +: mrope positions only with the processor's token types
+        out["mm_token_type_ids"] = (input_ids == config.image_token_id).to(torch.int32)
+    return out
+
+
+def _rope_index_takes_token_types() -> bool:
+    import inspect
+
+    from transformers.models.qwen3_5_moe.modeling_qwen3_5_moe import Qwen3_5MoeModel
+
+    return "mm_token_type_ids" in inspect.signature(Qwen3_5MoeModel.get_rope_index).parameters
 
 
 @torch.no_grad()

@@ -60,8 +60,12 @@ def test_greedy_tokens_equal_the_unpatched_model(family, batch, prompt):
     assert torch.equal(got, ref)
     positions = settings_of(model).last_runtime().step.position_ids  # [4, B, 1]: text row, then mrope t / h / w
     assert positions.shape == (4, batch, 1)
-    # an image compresses its tokens in the mrope rows: they run behind the text row; text-only: all equal
-    assert bool((positions[1:] < positions[:1]).any()) == (prompt == "image")
+    # an unpadded row's first decode position: its length for text; an image's tokens take fewer mrope
+    # positions (a 4x4 patch grid merged 2x2 spans 2 positions for 4 tokens), so the mrope rows run behind
+    b = int(inputs["attention_mask"].all(-1).nonzero()[0])
+    length = inputs["input_ids"].shape[1]
+    mrope = positions[1:, b, 0] - (got.shape[1] - length - 1)  # the buffer advanced once per static step
+    assert bool((mrope < length).all()) if prompt == "image" else bool((mrope == length).all()), (mrope, length)
 
 
 @pytest.mark.parametrize("family", models.VLM_FAMILIES)
@@ -81,20 +85,28 @@ def test_seeded_sampling_equals_the_unpatched_model(family):
     assert not torch.equal(other, ref)  # the seed matters: the comparison can fail
 
 
-def test_bf16_decode_agrees_with_the_unpatched_bf16_model_up_to_near_ties():
-    """bf16: each step's scores are close to the unpatched bf16 model's (RMS ratio), and the tokens agree
-    until a step where the reference's top two were a near tie (then the continuations differ)."""
-    model = vlm("qwen3_5_moe", torch.bfloat16)
-    inputs = image_prompt(model, 1)
+def rms_ratio(a, b):
+    return ((a.float() - b.float()).pow(2).mean().sqrt() / b.float().pow(2).mean().sqrt()).item()
+
+
+def test_bf16_decode_is_as_close_to_fp32_as_the_unpatched_bf16_model():
+    """bf16: at every step where the fp32 model, the unpatched bf16 model and the patched bf16 model have
+    fed the same tokens so far, the patched scores are as close to the fp32 model's as the unpatched bf16
+    model's are (and close to those directly)."""
     kw = dict(max_new_tokens=8, do_sample=False, return_dict_in_generate=True, output_scores=True)
-    ref, got = run_both(model, inputs, **kw)
-    steps = len(ref.scores)
-    new_ref, new_got = ref.sequences[:, -steps:], got.sequences[:, -steps:]
+    anchor_model = vlm("qwen3_5_moe", torch.float32)
+    inputs = image_prompt(anchor_model, 1)
+    with torch.no_grad(), reference_mode(anchor_model):
+        anchor = anchor_model.generate(**inputs, **kw)
+    ref, got = run_both(vlm("qwen3_5_moe", torch.bfloat16), inputs, **kw)
+    steps = len(anchor.scores)
+    seqs = [x.sequences[:, -steps:] for x in (anchor, ref, got)]
+    compared = 0
     for i in range(steps):
-        r, g = ref.scores[i].float(), got.scores[i].float()
-        assert ((g - r).pow(2).mean().sqrt() / r.pow(2).mean().sqrt()).item() <= 6e-2, i
-        if not torch.equal(new_ref[:, i], new_got[:, i]):
-            # the reference preferred its token over the patched model's choice by a bf16-sized margin only
-            gap = r[0, new_ref[0, i]] - r[0, new_got[0, i]]
-            assert 0 <= gap.item() <= 0.05 * r[0].abs().max().item(), (i, gap.item())
-            break
+        if not all(torch.equal(seqs[0][:, :i], x[:, :i]) for x in seqs[1:]):
+            break  # the runs fed different tokens from here on: their scores are not comparable
+        a, r, g = anchor.scores[i], ref.scores[i], got.scores[i]
+        assert rms_ratio(g, a) <= 1.5 * rms_ratio(r, a) + 0.01, (i, rms_ratio(g, a), rms_ratio(r, a))
+        assert rms_ratio(g, r) <= 0.1, i
+        compared += 1
+    assert compared >= 2, compared  # the comparison covered decode steps of the static path
