@@ -72,6 +72,8 @@ def test_gdn_decode_step_is_one_gemm_three_launches_and_out_proj(family, glue, c
     cls = counts.classify_events(prof.events())
     aten = collections.Counter({n: c for (s, n), c in cls.compute_ops.items() if s == "layer::gdn"})
     launches = collections.Counter({n: c for (s, n), c in cls.launches.items() if s == "layer::gdn"})
+    if callable(getattr(cache, "increase_count", None)):
+        glue = {**glue, "aten::add_": 1}  # 5.25's cache counts the in-place decode token (its get_seq_length)
     assert aten == collections.Counter({"aten::linear": 2, **glue}), aten  # fused in-projection + out_proj
     assert sum(launches.values()) <= 3, launches
     assert set(launches) == {"_conv1d_update_kernel", "gdn_recurrent_kernel", "_rms_norm_gated_kernel"}, launches
