@@ -58,18 +58,19 @@ export PYTHONPATH="$ROOT/scripts/transformers_tests${PYTHONPATH:+:$PYTHONPATH}"
 XDIST=()
 [ "$WORKERS" -gt 0 ] 2>/dev/null && XDIST=(-n "$WORKERS")
 
+# One pytest run per pass over the three families' files (one start-up, and xdist balances the lot).
+FILES=()
+for fam in "${FAMILIES[@]}"; do FILES+=("tests/models/$fam/test_modeling_$fam.py"); done
 start=$SECONDS
 for mode in unpatched patched; do
-  for fam in "${FAMILIES[@]}"; do
-    t0=$SECONDS
-    patch=0; [ "$mode" = patched ] && patch=1
-    (cd "$COPY" && INTERNS2_TFTESTS_PATCH=$patch INTERNS2_TFTESTS_STATS="$OUT/results/stats-$mode" \
-      "$PY" -m pytest "tests/models/$fam/test_modeling_$fam.py" -p patch_plugin -p no:cacheprovider \
-      "${XDIST[@]}" --timeout="${TFTESTS_TIMEOUT:-300}" -q -o junit_family=xunit2 \
-      --junitxml="$OUT/results/$fam-$mode.xml" > "$OUT/results/$fam-$mode.log" 2>&1)
-    rc=$?
-    echo "[tftests] $mode $fam: pytest exit $rc, $((SECONDS - t0)) s ($(tail -1 "$OUT/results/$fam-$mode.log"))"
-  done
+  t0=$SECONDS
+  patch=0; [ "$mode" = patched ] && patch=1
+  (cd "$COPY" && INTERNS2_TFTESTS_PATCH=$patch INTERNS2_TFTESTS_STATS="$OUT/results/stats-$mode" \
+    "$PY" -m pytest "${FILES[@]}" -p patch_plugin -p no:cacheprovider "${XDIST[@]}" \
+    --timeout="${TFTESTS_TIMEOUT:-300}" -q -o junit_family=xunit2 --durations=10 \
+    --junitxml="$OUT/results/$mode.xml" > "$OUT/results/$mode.log" 2>&1)
+  rc=$?
+  echo "[tftests] $mode pass: pytest exit $rc, $((SECONDS - t0)) s ($(tail -1 "$OUT/results/$mode.log"))"
 done
 echo "[tftests] both passes: $((SECONDS - start)) s"
 "$PY" "$ROOT/scripts/transformers_tests/compare.py" "$OUT/results" "${FAMILIES[@]}"

@@ -2,8 +2,8 @@
 
     python compare.py RESULTS_DIR FAMILY [FAMILY ...]
 
-RESULTS_DIR holds <family>-unpatched.xml, <family>-patched.xml and stats-patched/ (what the plugin
-recorded). Prints, per family, passed/failed/skipped in each pass, then every test whose outcome
+RESULTS_DIR holds unpatched.xml, patched.xml (one pytest run per pass over the families' files) and
+stats-patched/ (what the plugin recorded). Prints, per family, passed/failed/skipped in each pass, then every test whose outcome
 differs, and exits 1 when a test fails in the patched pass only (or is missing from it), unless it is
 in KNOWN_PATCHED_ONLY_FAILURES below; also 1 when a pass has no result file or the patches did not
 reach the GDN / MoE / conv / norm modules (the harness would then prove nothing).
@@ -20,13 +20,13 @@ import xml.etree.ElementTree as ET
 # Tests that are known to fail with the patch, by test name (the part of the id after "::", without
 # the parametrization suffix), each with the reason. Keep this the only allow-list.
 KNOWN_PATCHED_ONLY_FAILURES = {
-    # ModelTesterMixin's experts-interface test switches the experts implementation
-    # (model.set_experts_implementation / config._experts_implementation: eager, batched_mm, grouped_mm)
-    # and compares the outputs; the patched MoE block runs interns2_fast's experts op whatever the
-    # setting, so the mocked implementations are never called. Open: a later change makes the patch
-    # follow the experts-interface setting.
+    # ModelTesterMixin's experts-interface test (parameterized: _0_fp16, _1_fp32, _2_bf16) switches
+    # the experts implementation (eager, batched_mm, grouped_mm), mocks the chosen implementation and
+    # asserts it was called ("Expected 'mock' to have been called"); the patched MoE block runs
+    # interns2_fast's experts op whatever the setting, so the mock never is. Open: a later change makes
+    # the patch follow the experts-interface setting; remove this entry then.
     "test_eager_matches_batched_and_grouped_inference":
-        "experts-interface test: the patched MoE block ignores the experts implementation setting",
+        "experts-interface mock test: the patched MoE block does not call the mocked experts implementation",
 }
 
 # op families that the patched pass must have installed somewhere (the testers' configs are forced
@@ -80,17 +80,22 @@ def main(argv: list[str]) -> int:
     results, families = argv[1], argv[2:]
     status = 0
     rows, new_failures, known_failures, other_diffs = [], [], [], []
+    runs = {}
+    for mode in ("unpatched", "patched"):
+        path = os.path.join(results, f"{mode}.xml")
+        if not os.path.exists(path):
+            print(f"[tftests] no {mode} results ({path}): the pass did not complete")
+            status = 1
+            runs[mode] = {}
+        else:
+            runs[mode] = outcomes(path)
     for fam in families:
-        runs = {}
-        for mode in ("unpatched", "patched"):
-            path = os.path.join(results, f"{fam}-{mode}.xml")
-            if not os.path.exists(path):
-                print(f"[tftests] {fam}: no {mode} results ({path}): the pass did not complete")
-                status = 1
-                runs[mode] = {}
-            else:
-                runs[mode] = outcomes(path)
-        base, pat = runs["unpatched"], runs["patched"]
+        def of_family(res):
+            return {t: v for t, v in res.items() if t.startswith(f"tests.models.{fam}.")}
+        base, pat = of_family(runs["unpatched"]), of_family(runs["patched"])
+        if not base or not pat:
+            print(f"[tftests] {fam}: no results in the {'unpatched' if not base else 'patched'} pass")
+            status = 1
         cb, cp = _count(base), _count(pat)
         rows.append((fam, cb, cp))
         for tid in sorted(set(base) | set(pat)):

@@ -13,7 +13,7 @@ model testers do), the nested base model of a `...ForCausalLM` (patched, then pa
 wrapper: `patch()` may be repeated) and `from_pretrained`'s construction are all covered.
 `interns2_fast.enable_auto_patch()` alone would not do: it wraps `from_pretrained` only, and most tests
 build the model from a config. It is enabled as well, so a model loaded by `from_pretrained` is patched
-again once its weights are loaded (its construction may run on the meta device).
+once its weights are loaded (its construction runs on the meta device, where post_init leaves it alone).
 
 Why the configs are adjusted: transformers' `CausalLMModelTester` defaults to `hidden_act="gelu"`, and the
 Qwen3.5 / Qwen3-Next gated-delta-net layer takes its activation from `config.hidden_act`; `patch()` only
@@ -66,6 +66,8 @@ def _install_patching() -> None:
     @functools.wraps(original)
     def post_init(self, *args, **kwargs):
         out = original(self, *args, **kwargs)
+        if any(p.is_meta for p in self.parameters()):
+            return out  # from_pretrained's construction: patched once loaded (enable_auto_patch)
         try:
             interns2_fast.patch(self)
         except Exception as exc:  # counted, then raised: the test that built this model fails
