@@ -409,12 +409,13 @@ def cmd_demo(args) -> int:
         # machine they make every timing noisy. Both paths run with the same setting.
         torch.set_num_threads(max(1, args.threads))
         threads = f", {torch.get_num_threads()} CPU thread(s)"
-    console.print(f"[bold]interns2_fast demo[/bold] — built-in default model (scaled-down Intern-S2, random "
-                  f"weights, seed {args.seed}) on [bold]{device}[/bold], fp32{threads}")
+    console.print(f"[bold]interns2_fast demo[/bold] — built-in default model (scaled-down Intern-S2 in its "
+                  f"vision-language class, random weights, seed {args.seed}) on [bold]{device}[/bold], fp32{threads}")
     with _progress(console) as progress:
         with _step(progress, "building the default model"):
-            cfg = models.default_config()
-            model = models.build_causal_lm("qwen3_5_moe", cfg, seed=args.seed, device=device)
+            # the class the Intern-S2-Preview checkpoint loads as: the vision-language one (text prompts here)
+            model = models.build_vlm("qwen3_5_moe", seed=args.seed, device=device)
+            cfg = model.config.get_text_config()
         with _step(progress, "patching"):
             report = patch(model, backend=args.backend)
     for t in report.rich_tables():
