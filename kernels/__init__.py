@@ -44,22 +44,34 @@ def _hand_over_to_hugging_face() -> None:
     Python puts the current directory (or a script's folder) first on `sys.path`, so from a clone's
     root `import kernels` — which transformers does with every Qwen3.5 model from 5.25 on — finds this
     folder before site-packages. This module then loads the `kernels` found on the rest of `sys.path`
-    in its place (an import returns what `sys.modules` holds once the module has run), or raises the
-    ModuleNotFoundError Python would have raised without this folder. What the rest of this file
+    in its place (an import returns what `sys.modules` holds once the module has run). Where Hugging
+    Face's package is not installed it leaves an empty placeholder with no version and no attributes,
+    which transformers (5.13 +, which imports `kernels` to read its version) takes for "not installed";
+    raising ModuleNotFoundError there would break transformers' own import. What the rest of this file
     defined stays in a module object nobody sees.
     """
     import importlib.machinery
     import importlib.util
     import os
     import sys
+    import types
 
     this_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     path = [p for p in sys.path if isinstance(p, str) and os.path.abspath(p or os.curdir) != this_root]
     spec = importlib.machinery.PathFinder.find_spec("kernels", path)
-    del sys.modules["kernels"]
     if spec is None or spec.loader is None:
-        raise ModuleNotFoundError("No module named 'kernels' (the kernels/ folder here holds interns2_fast's Triton "
-                                  "kernels, importable only as interns2_fast.kernels)", name="kernels")
+        placeholder = types.ModuleType("kernels", "Placeholder: Hugging Face's `kernels` package is not installed "
+                                                  "(the kernels/ folder here is interns2_fast.kernels).")
+        placeholder.__spec__ = importlib.machinery.ModuleSpec("kernels", None, is_package=True)
+        placeholder.__path__ = placeholder.__spec__.submodule_search_locations = []
+
+        def __getattr__(name):
+            raise AttributeError(f"Hugging Face's `kernels` package is not installed (no kernels.{name}); the "
+                                 "kernels/ folder of this repository is interns2_fast.kernels")
+
+        placeholder.__getattr__ = __getattr__
+        sys.modules["kernels"] = placeholder
+        return
     module = importlib.util.module_from_spec(spec)
     sys.modules["kernels"] = module
     try:

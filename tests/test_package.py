@@ -32,29 +32,27 @@ def test_kernels_is_a_subpackage_and_no_top_level_kernels(tmp_path):
 
 def test_repository_root_import_of_kernels_is_hugging_faces_package():
     """From the clone's root (the current directory first on sys.path) `import kernels` is Hugging Face's
-    package — transformers 5.25 imports it with every Qwen3.5 model — or, where that is not installed,
-    the ModuleNotFoundError Python gives without this folder; never interns2_fast's kernels/."""
+    package — transformers 5.25 imports it with every Qwen3.5 model — or, where that is not installed, an
+    empty placeholder (transformers 5.13 + imports `kernels` to read a version); never interns2_fast's
+    kernels/, and transformers' Qwen3.5 modeling imports."""
     root = pathlib.Path(__file__).resolve().parents[1]
     hf = importlib.util.find_spec("kernels")  # pytest's importlib mode keeps the root off sys.path here
     code = (
         "import importlib.util, pathlib, sys\n"
         "assert sys.path[0] == '', sys.path[:2]\n"
-        "try:\n"
-        "    import kernels\n"
-        "except ModuleNotFoundError as exc:\n"
-        "    print('missing', exc.name)\n"
-        "else:\n"
-        "    print('found', pathlib.Path(kernels.__file__).resolve())\n"
+        "import kernels\n"
+        "where = getattr(kernels, '__file__', None)\n"
+        "print('found', pathlib.Path(where).resolve() if where else 'placeholder', hasattr(kernels, 'KERNEL_MODULES'))\n"
         "import transformers.models.qwen3_5_moe.modeling_qwen3_5_moe\n"
         "import transformers.models.qwen3_next.modeling_qwen3_next\n"
         "import interns2_fast.kernels\n"
         "print('ours', interns2_fast.kernels.__name__, len(interns2_fast.kernels.KERNEL_MODULES))\n"
     )
     first, ours = run_python(code, root).splitlines()
-    if hf is None:
-        assert first == "missing kernels"
+    if hf is None:  # an empty placeholder: transformers reads no version from it and takes kernels as absent
+        assert first == "found placeholder False"
     else:
-        assert first == f"found {pathlib.Path(hf.origin).resolve()}"
+        assert first == f"found {pathlib.Path(hf.origin).resolve()} False"
         assert pathlib.Path(hf.origin).resolve().parent != root / "kernels"
     assert ours.startswith("ours interns2_fast.kernels ")
 
