@@ -133,3 +133,20 @@ def test_a_layer_reading_its_position_from_the_cache_hands_over(caplog, monkeypa
     assert settings_of(model).stats["handed_over"] == 2 and settings_of(model).stats["static"] == 0
     assert len(notes) == 1 and "differ from the model's own forward" in notes[0], notes
     assert "RMS ratio" in notes[0] and f"transformers {transformers.__version__}" in notes[0]
+
+
+def test_a_moved_helper_function_changes_nothing(monkeypatch, caplog):
+    """A release that moves the padding helper (`apply_mask_to_padding_states`) out of the modeling module:
+    the patched layer, which looks it up at patch time, masks the padding itself, and a left-padded batch
+    still gives the unpatched model's tokens on the static path."""
+    model = models.build_causal_lm("qwen3_5_moe")
+    want = model.generate(**prompt())
+    home = __import__(type(find_parts(model).layers[0].linear_attn).__module__, fromlist=["_"])
+    helper = home.apply_mask_to_padding_states
+    monkeypatch.delattr(home, "apply_mask_to_padding_states")
+    report = patch(model)
+    assert report.skipped == []
+    monkeypatch.setattr(home, "apply_mask_to_padding_states", helper, raising=False)  # transformers still needs it
+    first, second, notes = generate_twice(model, caplog, monkeypatch)
+    assert torch.equal(first, want) and torch.equal(second, want)
+    assert settings_of(model).stats["static"] == 2 and notes == []
