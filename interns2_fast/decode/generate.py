@@ -297,11 +297,15 @@ def _restore_rng(device: torch.device, state) -> None:
         getattr(torch, device.type).set_rng_state(dev, device)
 
 
-def _problem_of(exc: BaseException) -> str:
+def _transformers_version() -> str:
     import transformers
 
+    return f"transformers {transformers.__version__}"
+
+
+def _problem_of(exc: BaseException) -> str:
     first_line = (str(exc).splitlines() or [""])[0][:200]
-    return f"{type(exc).__name__}: {first_line} (transformers {transformers.__version__})"
+    return f"{type(exc).__name__}: {first_line} ({_transformers_version()})"
 
 
 def _one_token(model_kwargs) -> dict:
@@ -337,11 +341,8 @@ def check_first_step(model, rt: Runtime, prefill_outputs, seq: torch.Tensor, mod
     got = rt.step.logits.to(own.device)
     result = compare_tensors(got, own, dtype=rt.step.mask.dtype)
     if not result.ok:
-        import transformers
-
         return (f"static decode: the step's logits differ from the model's own forward for the same token (RMS "
-                f"ratio {result.rms_ratio:.2e}, max |diff| {result.max_abs:.2e}; transformers "
-                f"{transformers.__version__})")
+                f"ratio {result.rms_ratio:.2e}, max |diff| {result.max_abs:.2e}; {_transformers_version()})")
     return None
 
 
@@ -354,20 +355,22 @@ def _output_class_kwargs(cls, cache):
 def static_sample(model, settings: DecodeSettings, original, input_ids, logits_processor, stopping_criteria,
                   generation_config, synced_gpus=False, streamer=None, **model_kwargs):
     """transformers' `_sample` (greedy / sampling) with the decode loop on the static step."""
-    if _in_reference_mode(model):
+
+    def transformers_loop(kwargs):
         return original(model, input_ids, logits_processor, stopping_criteria, generation_config,
-                        synced_gpus=synced_gpus, streamer=streamer, **model_kwargs)
+                        synced_gpus=synced_gpus, streamer=streamer, **kwargs)
+
+    if _in_reference_mode(model):
+        return transformers_loop(model_kwargs)
     if settings.refused is not None:  # the first-step check found a mismatch (noted then): transformers' loop
         settings.stats["handed_over"] += 1
-        return original(model, input_ids, logits_processor, stopping_criteria, generation_config,
-                        synced_gpus=synced_gpus, streamer=streamer, **model_kwargs)
+        return transformers_loop(model_kwargs)
     parts = find_parts(model)
     reason = _unsupported(model, parts, generation_config, synced_gpus, model_kwargs)
     if reason is not None:
         settings.stats["handed_over"] += 1
         note_once(f"static decode does not cover {reason}; using transformers' own generate loop")
-        return original(model, input_ids, logits_processor, stopping_criteria, generation_config,
-                        synced_gpus=synced_gpus, streamer=streamer, **model_kwargs)
+        return transformers_loop(model_kwargs)
 
     pad_token_id = generation_config._pad_token_tensor
     return_dict = generation_config.return_dict_in_generate
@@ -390,8 +393,7 @@ def static_sample(model, settings: DecodeSettings, original, input_ids, logits_p
         settings.stats["handed_over"] += 1
         note_once(f"{reason}; using transformers' own generate loop")
         _restore_rng(input_ids.device, rng)
-        return original(model, input_ids, logits_processor, stopping_criteria, generation_config,
-                        synced_gpus=synced_gpus, streamer=streamer, **untouched)
+        return transformers_loop(untouched)
 
     outputs = model._prefill(input_ids, generation_config, model_kwargs)
     cache = _output_cache(outputs, model_kwargs)
